@@ -1,0 +1,118 @@
+"""`make run`: embedded data services, migrations, models, admin account, then the supervised processes."""
+
+import os
+import sys
+import threading
+import time
+import urllib.request
+
+from django.core.management import call_command
+from django.core.management.base import BaseCommand, CommandError
+
+from apps.core.supervisor import CrashLoop, Program, Supervisor
+from config import embedded
+
+
+def _wait_for_http(url: str, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(url, timeout=1)  # noqa: S310 (our own loopback URL)
+            return True
+        except OSError as error:
+            if getattr(error, "code", None):  # an HTTP error status still means the server answers
+                return True
+            time.sleep(0.3)
+    return False
+
+
+class Command(BaseCommand):
+    help = "Start the whole product (web, worker; embedded Postgres and Redis unless configured) and supervise it."
+    requires_system_checks = []
+
+    def add_arguments(self, parser):
+        parser.add_argument("--host", default=os.environ.get("ATELIER_HOST", "127.0.0.1"))
+        parser.add_argument("--port", type=int, default=int(os.environ.get("ATELIER_PORT", "8000")))
+        parser.add_argument("--skip-bootstrap", action="store_true", help="Do not build or verify models.")
+
+    def handle(self, *args, host: str, port: int, skip_bootstrap: bool, **options):
+        started = time.monotonic()
+        redis_process = None
+        own_postgres = False
+        try:
+            if "DATABASE_URL" not in os.environ:
+                self.stdout.write(f"Starting embedded PostgreSQL in {embedded.postgres_dir()} …")
+                embedded.postgres_start()
+                own_postgres = True
+            if "REDIS_URL" not in os.environ:
+                self.stdout.write(f"Starting embedded Redis in {embedded.redis_dir()} …")
+                redis_process = embedded.redis_start()
+            call_command("migrate", interactive=False, verbosity=1)
+            if not skip_bootstrap:
+                call_command("bootstrap_models")
+            call_command("ensure_admin")
+            self.stdout.write("Starting web and worker …")
+            threading.Thread(target=self._announce_when_up, args=(host, port, started), daemon=True).start()
+            Supervisor(self._programs(host, port)).run()
+        except embedded.EmbeddedServiceError as error:
+            raise CommandError(str(error)) from error
+        except CrashLoop as error:
+            raise CommandError(str(error)) from error
+        finally:
+            if redis_process is not None:
+                redis_process.stop()
+            if own_postgres:
+                embedded.postgres_stop()
+            self.stdout.write("Atelier stopped.")
+
+    def _programs(self, host: str, port: int) -> list[Program]:
+        python = sys.executable
+        settings_env = {"DJANGO_SETTINGS_MODULE": os.environ.get("DJANGO_SETTINGS_MODULE", "config.settings.local")}
+        concurrency = os.environ.get("CELERY_CONCURRENCY", "2")
+        return [
+            Program(
+                "worker",
+                [
+                    python,
+                    "-m",
+                    "celery",
+                    "-A",
+                    "config",
+                    "worker",
+                    "-Q",
+                    "default,ingest,finetune",
+                    "--concurrency",
+                    concurrency,
+                    "--loglevel",
+                    "INFO",
+                    "-n",
+                    "worker@%h",
+                ],
+                settings_env,
+            ),
+            Program(
+                "web",
+                [
+                    python,
+                    "-m",
+                    "uvicorn",
+                    "config.asgi:application",
+                    "--host",
+                    host,
+                    "--port",
+                    str(port),
+                    "--lifespan",
+                    "off",
+                ],
+                settings_env,
+            ),
+        ]
+
+    def _announce_when_up(self, host: str, port: int, started: float) -> None:
+        if _wait_for_http(f"http://{host}:{port}/healthz", timeout=60):
+            self.stdout.write(
+                self.style.SUCCESS(
+                    f"Atelier is serving at http://{host}:{port}/ ({time.monotonic() - started:.1f} s after start). "
+                    "Press Ctrl-C to stop."
+                )
+            )

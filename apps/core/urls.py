@@ -1,0 +1,10 @@
+from django.urls import path
+
+from apps.core import views
+
+urlpatterns = [
+    path("", views.dashboard, name="dashboard"),
+    path("status", views.status, name="status"),
+    path("healthz", views.healthz, name="healthz"),
+    path("area/<slug:slug>/", views.area, name="area"),
+]

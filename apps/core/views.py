@@ -1,0 +1,48 @@
+from django.contrib.auth.decorators import login_required
+from django.http import Http404, JsonResponse
+from django.shortcuts import render
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_GET
+
+from apps.accounts.permissions import role_check
+from apps.core.selectors import system_health
+from apps.registry.selectors import base_model_list
+
+# Areas whose issues have not landed yet: the navigation shows them, the page says so honestly.
+AREAS = {
+    "assistants": ("Assistants", "member", "Build assistants from instructions, knowledge and fine-tunes."),
+    "knowledge": ("Knowledge", "member", "Upload documents your assistants retrieve from."),
+    "finetunes": ("Fine-tunes", "member", "Train LoRA adapters on your preference data."),
+    "arena": ("Arena", "member", "Compare assistants blind and rank them by Elo."),
+    "labeling": ("Labeling", "labeler", "Rank candidate outputs; rankings become preference data."),
+}
+
+
+@login_required
+def dashboard(request):
+    return render(request, "core/dashboard.html", {"models": base_model_list(), "nav_active": "dashboard"})
+
+
+@login_required
+@never_cache
+def status(request):
+    context = {"checks": system_health(), "models": base_model_list(), "nav_active": "status"}
+    return render(request, "core/status.html", context)
+
+
+@require_GET
+@never_cache
+def healthz(request):
+    """Machine-readable health: 200 when every part is ok, 503 otherwise, with each part's detail."""
+    checks = system_health()
+    healthy = all(check.ok for check in checks)
+    return JsonResponse({check.name: check.detail for check in checks}, status=200 if healthy else 503)
+
+
+@login_required
+def area(request, slug: str):
+    if slug not in AREAS:
+        raise Http404("No such area.")
+    title, role, blurb = AREAS[slug]
+    role_check(user=request.user, area=role)
+    return render(request, "core/area.html", {"area_title": title, "area_blurb": blurb, "nav_active": slug})

