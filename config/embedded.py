@@ -15,6 +15,8 @@ import signal
 import subprocess
 import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -99,18 +101,23 @@ def postgres_start() -> None:
         server.psql(f"CREATE DATABASE {DATABASE_NAME};")
 
 
+def postgres_running() -> bool:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from pgserver.utils import PostmasterInfo
+
+    info = PostmasterInfo.read_from_pgdata(postgres_dir())
+    return info is not None and info.is_running()
+
+
 def postgres_stop() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         from pgserver._commands import pg_ctl
-        from pgserver.utils import PostmasterInfo
 
-    pgdata = postgres_dir()
-    info = PostmasterInfo.read_from_pgdata(pgdata)
-    if info is None or not info.is_running():
-        return
-    user = "pgserver" if os.geteuid() == 0 else None
-    pg_ctl(["-w", "-m", "fast", "stop"], pgdata=pgdata, user=user)
+    if postgres_running():
+        user = "pgserver" if os.geteuid() == 0 else None
+        pg_ctl(["-w", "-m", "fast", "stop"], pgdata=postgres_dir(), user=user)
 
 
 # --- Redis ----------------------------------------------------------------------------------------
@@ -178,3 +185,28 @@ def redis_start(*, wait: float = 15) -> RedisProcess | None:
         time.sleep(0.1)
     process.kill()
     raise EmbeddedServiceError(f"Embedded Redis did not answer on {socket} within {wait:.0f} s.")
+
+
+# --- Both -----------------------------------------------------------------------------------------
+
+
+@contextmanager
+def running_services() -> Iterator[None]:
+    """Run the embedded services that the environment does not replace, for as long as the block runs.
+
+    Services already running (another command, a `make run` in another terminal) are shared and left
+    alone; only the ones started here are stopped on the way out.
+    """
+    started_postgres, redis_process = False, None
+    try:
+        if "DATABASE_URL" not in os.environ and not postgres_running():
+            postgres_start()
+            started_postgres = True
+        if "REDIS_URL" not in os.environ:
+            redis_process = redis_start()
+        yield
+    finally:
+        if redis_process is not None:
+            redis_process.stop()
+        if started_postgres:
+            postgres_stop()

@@ -11,13 +11,14 @@ import os
 import subprocess
 import sys
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from urllib.parse import quote
 
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-_services: dict[str, object] = {}
+_services = ExitStack()
 
 
 def pytest_configure(config):
@@ -25,21 +26,12 @@ def pytest_configure(config):
 
     from config import embedded
 
-    settings.VAR_DIR.mkdir(parents=True, exist_ok=True)
-    if "DATABASE_URL" not in os.environ:
-        embedded.postgres_start()
-        _services["postgres"] = True
-    if "REDIS_URL" not in os.environ:
-        _services["redis"] = embedded.redis_start()
+    settings.VAR_DIR.mkdir(parents=True, exist_ok=True)  # importing test settings also chose var/test
+    _services.enter_context(embedded.running_services())
 
 
 def pytest_unconfigure(config):
-    from config import embedded
-
-    if redis := _services.pop("redis", None):
-        redis.stop()
-    if _services.pop("postgres", None):
-        embedded.postgres_stop()
+    _services.close()
 
 
 def pytest_sessionfinish(session, exitstatus):
@@ -59,9 +51,10 @@ def _stderr_progress(spec, message: str, fraction: float) -> None:
     print(f"  [{spec.name} {spec.variant}] {fraction:4.0%} {message}", file=sys.__stderr__, flush=True)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def models_ready(django_db_setup, django_db_blocker):
-    """The real models, built once (minutes, first run only) and verified, registered in the test DB."""
+    """The real models, registered in the test DB: built on the first run ever (minutes), afterwards only
+    verified (about a second). Function-scoped because transactional tests flush the tables."""
     from apps.registry.services import base_models_bootstrap
 
     with django_db_blocker.unblock():
@@ -92,8 +85,22 @@ def celery_worker_process(django_db_setup):
         "DATABASE_URL": database_url(connection.settings_dict),
     }
     log = open(Path(os.environ["ATELIER_VAR_DIR"]) / "celery-test-worker.log", "w")  # noqa: SIM115
-    argv = [sys.executable, "-m", "celery", "-A", "config", "worker", "-Q", "default,ingest,finetune",
-            "--concurrency", "1", "--loglevel", "INFO", "-n", f"test-{os.getpid()}@%h"]
+    argv = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "config",
+        "worker",
+        "-Q",
+        "default,ingest,finetune",
+        "--concurrency",
+        "1",
+        "--loglevel",
+        "INFO",
+        "-n",
+        f"test-{os.getpid()}@%h",
+    ]
     process = subprocess.Popen(argv, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 60
     try:

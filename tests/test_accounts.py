@@ -14,9 +14,15 @@ PASSWORD = "a-long-unusual-passphrase-42"
 
 
 def test_signup_creates_a_member_and_logs_in(client):
-    response = client.post(reverse("signup"), {
-        "username": "ada", "email": "ada@example.com", "password1": PASSWORD, "password2": PASSWORD,
-    })
+    response = client.post(
+        reverse("signup"),
+        {
+            "username": "ada",
+            "email": "ada@example.com",
+            "password1": PASSWORD,
+            "password2": PASSWORD,
+        },
+    )
     assert response.status_code == 302 and response.url == reverse("dashboard")
     user = User.objects.get(username="ada")
     assert user.role == Role.MEMBER and not user.is_staff
@@ -24,9 +30,15 @@ def test_signup_creates_a_member_and_logs_in(client):
 
 
 def test_signup_rejects_mismatched_passwords_and_creates_nothing(client):
-    response = client.post(reverse("signup"), {
-        "username": "bob", "email": "bob@example.com", "password1": PASSWORD, "password2": PASSWORD + "x",
-    })
+    response = client.post(
+        reverse("signup"),
+        {
+            "username": "bob",
+            "email": "bob@example.com",
+            "password1": PASSWORD,
+            "password2": PASSWORD + "x",
+        },
+    )
     assert response.status_code == 200
     assert b"didn" in response.content  # "The two password fields didn’t match."
     assert not User.objects.filter(username="bob").exists()
@@ -50,9 +62,14 @@ def test_wrong_password_is_refused(client):
 def test_password_change(client):
     user = User.objects.create_user(username="di", password=PASSWORD)
     client.force_login(user)
-    response = client.post(reverse("password_change"), {
-        "old_password": PASSWORD, "new_password1": PASSWORD + "-new", "new_password2": PASSWORD + "-new",
-    })
+    response = client.post(
+        reverse("password_change"),
+        {
+            "old_password": PASSWORD,
+            "new_password1": PASSWORD + "-new",
+            "new_password2": PASSWORD + "-new",
+        },
+    )
     assert response.status_code == 302
     user.refresh_from_db()
     assert user.check_password(PASSWORD + "-new")

@@ -30,7 +30,10 @@ def _settings(module: str, **env: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-c", "import django; django.setup();" + PROBE],
         env={**clean, "DJANGO_SETTINGS_MODULE": module, **env},
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=60,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
 
 
@@ -66,6 +69,8 @@ def test_without_env_the_embedded_services_are_used(tmp_path):
 
 
 def test_production_refuses_to_start_without_a_secret_key():
-    result = _settings("config.settings.production", DATABASE_URL="postgres://a:b@db:5432/x", REDIS_URL="redis://r:6379/0")
+    result = _settings(
+        "config.settings.production", DATABASE_URL="postgres://a:b@db:5432/x", REDIS_URL="redis://r:6379/0"
+    )
     assert result.returncode != 0
     assert "DJANGO_SECRET_KEY" in result.stderr

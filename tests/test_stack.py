@@ -43,12 +43,27 @@ def _processes_using(path: str) -> list[psutil.Process]:
 
 def test_serve_starts_everything_green_and_ctrl_c_stops_it(tmp_path, models_ready):
     var_dir, port = str(tmp_path / "var"), _free_port()
-    env = {key: value for key, value in os.environ.items()
-           if key not in {"DATABASE_URL", "REDIS_URL", "DJANGO_SETTINGS_MODULE"}}
-    env.update(ATELIER_VAR_DIR=var_dir, ATELIER_MODELS_DIR=str(settings.MODELS_DIR), ATELIER_PORT=str(port),
-               ATELIER_ADMIN_PASSWORD=ADMIN_PASSWORD, CELERY_CONCURRENCY="1", PYTHONUNBUFFERED="1")
-    process = subprocess.Popen([sys.executable, "manage.py", "serve"], cwd=REPO_ROOT, env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in {"DATABASE_URL", "REDIS_URL", "DJANGO_SETTINGS_MODULE"}
+    }
+    env.update(
+        ATELIER_VAR_DIR=var_dir,
+        ATELIER_MODELS_DIR=str(settings.MODELS_DIR),
+        ATELIER_PORT=str(port),
+        ATELIER_ADMIN_PASSWORD=ADMIN_PASSWORD,
+        CELERY_CONCURRENCY="1",
+        PYTHONUNBUFFERED="1",
+    )
+    process = subprocess.Popen(
+        [sys.executable, "manage.py", "serve"],
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     output: list[str] = []
     reader = threading.Thread(target=lambda: output.extend(process.stdout), daemon=True)
     reader.start()
@@ -66,10 +81,15 @@ def test_serve_starts_everything_green_and_ctrl_c_stops_it(tmp_path, models_read
         # Log in as the admin the command ensured, and see the status page.
         with httpx.Client(base_url=base, follow_redirects=False, timeout=10) as browser:
             browser.get("/accounts/login/")
-            response = browser.post("/accounts/login/", data={
-                "username": "admin", "password": ADMIN_PASSWORD,
-                "csrfmiddlewaretoken": browser.cookies["csrftoken"],
-            }, headers={"Referer": f"{base}/accounts/login/"})
+            response = browser.post(
+                "/accounts/login/",
+                data={
+                    "username": "admin",
+                    "password": ADMIN_PASSWORD,
+                    "csrfmiddlewaretoken": browser.cookies["csrftoken"],
+                },
+                headers={"Referer": f"{base}/accounts/login/"},
+            )
             assert response.status_code == 302, response.text[:500]
             status_page = browser.get("/status")
             assert status_page.status_code == 200 and "pgvector" in status_page.text

@@ -46,8 +46,11 @@ def _worker() -> str:
 
 def _inference() -> str:
     headers = {"Authorization": f"Bearer {settings.INFERENCE_API_KEY}"} if settings.INFERENCE_API_KEY else {}
-    response = httpx.get(f"{settings.INFERENCE_URL}/health", timeout=1.0, headers=headers)
-    return "ok" if response.status_code == 200 else f"answered HTTP {response.status_code}"
+    try:
+        response = httpx.get(f"{settings.INFERENCE_URL}/health", timeout=1.0, headers=headers)
+    except httpx.HTTPError as error:
+        return f"not reachable at {settings.INFERENCE_URL} ({type(error).__name__}: {error})"
+    return "ok" if response.status_code == 200 else f"{settings.INFERENCE_URL} answered HTTP {response.status_code}"
 
 
 def _models() -> str:

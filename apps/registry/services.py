@@ -146,7 +146,7 @@ def _build(
             report("measuring perplexity against the fp32 reference", 0.95)
             perplexity = export.perplexity(onnx_dir=staging / "onnx")
             reference = _reference_perplexity(spec, models_dir, perplexity)
-            export.perplexity_gate(reference=reference, candidate=perplexity)
+            export.perplexity_gate(reference=reference, candidate=perplexity, variant=spec.variant)
         manifest = {
             "name": spec.name,
             "kind": spec.kind,
@@ -242,9 +242,14 @@ def base_model_install(*, spec: ModelSpec, models_dir: Path, rebuild: bool, prog
     except BootstrapError as error:
         BaseModel.objects.filter(pk=row.pk).update(status=BaseModel.Status.FAILED, error=str(error))
         raise
-    except export.ExportError as error:
-        BaseModel.objects.filter(pk=row.pk).update(status=BaseModel.Status.FAILED, error=str(error))
-        raise BootstrapError(str(error)) from error
+    except Exception as error:  # an exporter's own bug must still leave a failed row, not a stuck "building"
+        message = (
+            str(error)
+            if isinstance(error, export.ExportError)
+            else (f"Building {spec.name} ({spec.variant}) failed: {type(error).__name__}: {error}")
+        )
+        BaseModel.objects.filter(pk=row.pk).update(status=BaseModel.Status.FAILED, error=message)
+        raise BootstrapError(message) from error
     row.refresh_from_db()
     _row_from_manifest(row, manifest=manifest, directory=target)
     report("ready", 1.0)

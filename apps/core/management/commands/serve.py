@@ -10,7 +10,6 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
 from apps.core.supervisor import CrashLoop, Program, Supervisor
-from config import embedded
 
 
 def _wait_for_http(url: str, timeout: float) -> bool:
@@ -36,17 +35,9 @@ class Command(BaseCommand):
         parser.add_argument("--skip-bootstrap", action="store_true", help="Do not build or verify models.")
 
     def handle(self, *args, host: str, port: int, skip_bootstrap: bool, **options):
+        # manage.py already runs the embedded Postgres and Redis around this command.
         started = time.monotonic()
-        redis_process = None
-        own_postgres = False
         try:
-            if "DATABASE_URL" not in os.environ:
-                self.stdout.write(f"Starting embedded PostgreSQL in {embedded.postgres_dir()} …")
-                embedded.postgres_start()
-                own_postgres = True
-            if "REDIS_URL" not in os.environ:
-                self.stdout.write(f"Starting embedded Redis in {embedded.redis_dir()} …")
-                redis_process = embedded.redis_start()
             call_command("migrate", interactive=False, verbosity=1)
             if not skip_bootstrap:
                 call_command("bootstrap_models")
@@ -54,15 +45,9 @@ class Command(BaseCommand):
             self.stdout.write("Starting web and worker …")
             threading.Thread(target=self._announce_when_up, args=(host, port, started), daemon=True).start()
             Supervisor(self._programs(host, port)).run()
-        except embedded.EmbeddedServiceError as error:
-            raise CommandError(str(error)) from error
         except CrashLoop as error:
             raise CommandError(str(error)) from error
         finally:
-            if redis_process is not None:
-                redis_process.stop()
-            if own_postgres:
-                embedded.postgres_stop()
             self.stdout.write("Atelier stopped.")
 
     def _programs(self, host: str, port: int) -> list[Program]:

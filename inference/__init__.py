@@ -1,0 +1,1 @@
+"""Model export, evaluation and inference helpers; independent of Django."""
