@@ -109,3 +109,13 @@ def test_the_admin_role_and_the_staff_flag_cannot_diverge():
 
     with pytest.raises(IntegrityError), transaction.atomic():
         User.objects.filter(pk=user.pk).update(is_staff=False)  # bypasses save(): the constraint holds
+
+
+def test_forms_refuse_a_post_without_a_csrf_token():
+    from django.test import Client
+
+    browser = Client(enforce_csrf_checks=True)
+    signup = {"username": "eve", "email": "eve@example.com", "password1": PASSWORD, "password2": PASSWORD}
+    assert browser.post(reverse("signup"), signup).status_code == 403
+    assert browser.post(reverse("login"), {"username": "eve", "password": PASSWORD}).status_code == 403
+    assert not User.objects.filter(username="eve").exists()

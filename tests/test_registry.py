@@ -166,3 +166,26 @@ def test_a_crash_mid_build_leaves_nothing_that_a_later_run_trusts(tmp_path):
     assert not (tmp_path / "tiny-chat").exists() and _staging_left(tmp_path) == []
     assert BaseModel.objects.get(name="tiny-chat").status == BaseModel.Status.FAILED
     assert _bootstrap(tmp_path, TINY)[0].action == "built"  # the next run starts clean
+
+
+def test_the_status_page_shows_a_build_in_progress_and_a_failure(client, admin_user):
+    BaseModel.objects.create(
+        name="building",
+        variant="fp32",
+        kind="chat",
+        source_package="x",
+        progress=0.42,
+        progress_message="exporting the ONNX decoder",
+    )
+    BaseModel.objects.create(
+        name="broken",
+        variant="fp32",
+        kind="embedding",
+        source_package="y",
+        status=BaseModel.Status.FAILED,
+        error="sha256 mismatch in model.onnx",
+    )
+    client.force_login(admin_user)
+    page = client.get("/status").content.decode()
+    assert 'value="0.42"' in page and "exporting the ONNX decoder" in page
+    assert "sha256 mismatch in model.onnx" in page

@@ -163,6 +163,7 @@ def _build(
             },
             "build_seconds": round(time.monotonic() - started, 1),
             "created_at": datetime.now(UTC).isoformat(),
+            "quantization": "none",  # a quantized variant's build metadata says how, overriding this
             **metadata,
             "artifacts": _artifact_files(staging),
         }
