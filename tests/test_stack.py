@@ -18,7 +18,7 @@ from django.conf import settings
 
 from tests.conftest import REPO_ROOT
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.django_db]
 ADMIN_PASSWORD = "stack-test-admin-passphrase"
 
 

@@ -5,11 +5,12 @@ spent on it. Bump PIPELINE_VERSION whenever a build step changes what it writes:
 content hash, so old artifacts are then rebuilt instead of trusted.
 """
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from inference import export
+from inference import export, quantize
 
 PIPELINE_VERSION = "1"
 
@@ -40,6 +41,19 @@ def _build_chat(*, source_dir: Path, out_dir: Path, progress: export.ProgressFn)
     )
 
 
+def _build_chat_q4(*, source_dir: Path, out_dir: Path, progress: export.ProgressFn) -> dict:
+    # The fp32 variant is built first (catalog order) and is the reference this one is gated against.
+    from apps.registry.models import BaseModel
+
+    fp32 = BaseModel.objects.get(name=SMOLLM2_FP32.name, variant=SMOLLM2_FP32.variant, status=BaseModel.Status.READY)
+    return quantize.repack_q4_1(
+        gguf_path=source_dir / "SmolLM2-135M-Instruct.Q4_1.gguf",
+        fp32_onnx_dir=Path(fp32.path) / "onnx",
+        out_dir=out_dir / "onnx",
+        progress=progress,
+    )
+
+
 def _build_embedding(*, source_dir: Path, out_dir: Path, progress: export.ProgressFn) -> dict:
     return export.export_embedding_model(source_dir=source_dir / "model", out_dir=out_dir, progress=progress)
 
@@ -58,6 +72,10 @@ SMOLLM2_FP32 = ModelSpec(
     free_disk_mib=3 * 1024,
 )
 
+# The CPU serving variant: the GGUF's own Q4_1 blocks repacked losslessly into MatMulNBits (int8
+# activations), 196 MB instead of 539 MB. Measured +0.75% perplexity and 1.36x fp32 decode speed.
+SMOLLM2_Q4 = dataclasses.replace(SMOLLM2_FP32, variant="q4", build=_build_chat_q4, free_disk_mib=1024)
+
 MINILM_FP32 = ModelSpec(
     name="all-minilm-l6-v2",
     kind="embedding",
@@ -74,4 +92,4 @@ MINILM_FP32 = ModelSpec(
     free_disk_mib=512,
 )
 
-MODEL_SPECS: tuple[ModelSpec, ...] = (SMOLLM2_FP32, MINILM_FP32)
+MODEL_SPECS: tuple[ModelSpec, ...] = (SMOLLM2_FP32, SMOLLM2_Q4, MINILM_FP32)
