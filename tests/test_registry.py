@@ -79,6 +79,7 @@ def test_real_models_are_registered_and_a_second_run_does_no_work(models_ready, 
     assert q4.manifest["quantization"]["replaced_matmuls"] == 210
     assert chat.perplexity <= q4.perplexity <= chat.perplexity * 1.02
     assert q4.size_bytes < chat.size_bytes / 2
+    assert q4.context_length == chat.context_length == 8192
 
     before = {path: path.stat().st_mtime_ns for row in rows.values() for path in Path(row.path).rglob("*")}
     again = base_models_bootstrap(progress=_quiet)

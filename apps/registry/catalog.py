@@ -12,7 +12,7 @@ from pathlib import Path
 
 from inference import export, quantize
 
-PIPELINE_VERSION = "1"
+PIPELINE_VERSION = "2"
 
 Build = Callable[..., dict]
 
@@ -46,12 +46,13 @@ def _build_chat_q4(*, source_dir: Path, out_dir: Path, progress: export.Progress
     from apps.registry.models import BaseModel
 
     fp32 = BaseModel.objects.get(name=SMOLLM2_FP32.name, variant=SMOLLM2_FP32.variant, status=BaseModel.Status.READY)
-    return quantize.repack_q4_1(
+    metadata = quantize.repack_q4_1(
         gguf_path=source_dir / "SmolLM2-135M-Instruct.Q4_1.gguf",
         fp32_onnx_dir=Path(fp32.path) / "onnx",
         out_dir=out_dir / "onnx",
         progress=progress,
     )
+    return {**metadata, "context_length": fp32.context_length}
 
 
 def _build_embedding(*, source_dir: Path, out_dir: Path, progress: export.ProgressFn) -> dict:
