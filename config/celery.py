@@ -1,6 +1,7 @@
 """The Celery app. Tasks live in each app's tasks.py and are thin wrappers around services."""
 
 import os
+import sys
 
 from celery import Celery
 from kombu import Exchange, Queue
@@ -15,3 +16,23 @@ app.config_from_object("django.conf:settings", namespace="CELERY")
 # external broker tooling show exactly where a message goes.
 app.conf.task_queues = [Queue(name, Exchange(name, type="direct"), routing_key=name) for name in QUEUES]
 app.autodiscover_tasks()
+
+
+def worker_argv(*, concurrency: int, name: str) -> list[str]:
+    """The command that runs a worker on every product queue (used by `make run` and the tests)."""
+    return [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "config",
+        "worker",
+        "-Q",
+        ",".join(QUEUES),
+        "--concurrency",
+        str(concurrency),
+        "--loglevel",
+        "INFO",
+        "-n",
+        name,
+    ]

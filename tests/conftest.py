@@ -77,7 +77,7 @@ def celery_worker_process(django_db_setup):
     """A real `celery worker` process, consuming the product's queues against the test database."""
     from django.db import connection
 
-    from config.celery import app
+    from config.celery import app, worker_argv
 
     env = {
         **os.environ,
@@ -85,22 +85,7 @@ def celery_worker_process(django_db_setup):
         "DATABASE_URL": database_url(connection.settings_dict),
     }
     log = open(Path(os.environ["ATELIER_VAR_DIR"]) / "celery-test-worker.log", "w")  # noqa: SIM115
-    argv = [
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        "config",
-        "worker",
-        "-Q",
-        "default,ingest,finetune",
-        "--concurrency",
-        "1",
-        "--loglevel",
-        "INFO",
-        "-n",
-        f"test-{os.getpid()}@%h",
-    ]
+    argv = worker_argv(concurrency=1, name=f"test-{os.getpid()}@%h")
     process = subprocess.Popen(argv, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 60
     try:

@@ -10,6 +10,7 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
 from apps.core.supervisor import CrashLoop, Program, Supervisor
+from config.celery import worker_argv
 
 
 def _wait_for_http(url: str, timeout: float) -> bool:
@@ -57,22 +58,7 @@ class Command(BaseCommand):
         return [
             Program(
                 "worker",
-                [
-                    python,
-                    "-m",
-                    "celery",
-                    "-A",
-                    "config",
-                    "worker",
-                    "-Q",
-                    "default,ingest,finetune",
-                    "--concurrency",
-                    concurrency,
-                    "--loglevel",
-                    "INFO",
-                    "-n",
-                    "worker@%h",
-                ],
+                worker_argv(concurrency=int(concurrency), name="worker@%h"),
                 settings_env,
             ),
             Program(
