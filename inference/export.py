@@ -220,17 +220,12 @@ def export_chat_model(*, gguf_path: Path, out_dir: Path, progress: ProgressFn) -
     }
 
 
-def _mean_pool_normalize(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    # sentence-transformers' recipe for this model: mean over real tokens (not padding), then L2 norm.
-    mask = mask[..., None].astype(hidden.dtype)
-    pooled = (hidden * mask).sum(axis=1) / np.clip(mask.sum(axis=1), 1e-9, None)
-    return pooled / np.clip(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12, None)
-
-
 def export_embedding_model(*, source_dir: Path, out_dir: Path, progress: ProgressFn) -> dict:
     import torch
     from optimum.exporters.onnx import main_export
     from transformers import AutoModel, AutoTokenizer
+
+    from inference.embeddings import mean_pool_normalize
 
     progress("reading all-MiniLM-L6-v2", 0.0)
     try:
@@ -260,10 +255,10 @@ def export_embedding_model(*, source_dir: Path, out_dir: Path, progress: Progres
         batch = tokenizer(list(EMBEDDING_CHECK_SENTENCES), padding=True, truncation=True, return_tensors="np")
         with torch.no_grad():
             hidden = model(**{k: torch.from_numpy(v) for k, v in batch.items()}).last_hidden_state.numpy()
-        expected = _mean_pool_normalize(hidden, batch["attention_mask"])
+        expected = mean_pool_normalize(hidden, batch["attention_mask"])
         session = ort.InferenceSession(str(onnx_dir / "model.onnx"), providers=["CPUExecutionProvider"])
         feeds = {i.name: batch[i.name].astype(np.int64) for i in session.get_inputs()}
-        got = _mean_pool_normalize(session.run(["last_hidden_state"], feeds)[0], batch["attention_mask"])
+        got = mean_pool_normalize(session.run(["last_hidden_state"], feeds)[0], batch["attention_mask"])
         cosine = (expected * got).sum(axis=1)
         if cosine.min() < 1 - 1e-4:
             raise ExportError(
@@ -297,6 +292,13 @@ def perplexity(*, onnx_dir: Path, text: str = PERPLEXITY_TEXT, max_tokens: int =
     options = ort.SessionOptions()
     options.intra_op_num_threads = os.cpu_count() or 1
     session = ort.InferenceSession(str(onnx_dir / "model.onnx"), options, providers=["CPUExecutionProvider"])
+    if "atelier.graph" in session.get_modelmeta().custom_metadata_map:
+        from inference.session import DecoderSession
+
+        del session  # the engine's own graph: measure it exactly as it serves, through DecoderSession
+        decoder = DecoderSession(onnx_dir, max_rows=1, capacity=n, device="cpu")
+        logits = decoder.forward(np.array([ids]), start=0, lengths=np.array([n]), logits_index=np.arange(n - 1))
+        return _perplexity_from_logits(logits[0], ids)
     # One forward pass over the whole sequence with an empty KV cache: every position's next-token
     # distribution at once, exactly what the decoder computes during prefill.
     known = {
@@ -312,10 +314,15 @@ def perplexity(*, onnx_dir: Path, text: str = PERPLEXITY_TEXT, max_tokens: int =
             feeds[node.name] = _empty_past(node)
         else:
             raise ExportError(f"{onnx_dir / 'model.onnx'} has an unexpected input {node.name!r}; not a decoder export")
-    logits = session.run(["logits"], feeds)[0][0, :-1].astype(np.float32)
+    return _perplexity_from_logits(session.run(["logits"], feeds)[0][0, :-1], ids)
+
+
+def _perplexity_from_logits(logits: np.ndarray, ids: list[int]) -> float:
+    """logits [n-1, vocab]: position i's prediction of ids[i+1]."""
+    logits = logits.astype(np.float32)
     logits -= logits.max(axis=-1, keepdims=True)  # stable log-softmax
     log_probs = logits - np.log(np.exp(logits).sum(axis=-1, keepdims=True))
-    nll = -log_probs[np.arange(n - 1), ids[1:]].astype(np.float64).mean()
+    nll = -log_probs[np.arange(len(ids) - 1), ids[1:]].astype(np.float64).mean()
     return float(np.exp(nll))
 
 

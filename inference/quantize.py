@@ -1,53 +1,82 @@
-"""Repack the GGUF's Q4_1 weights into the fp32 ONNX decoder as MatMulNBits, without losing a bit.
+"""The GGUF's own quantized blocks, repacked without losing a bit into ORT's MatMulNBits.
 
-The SmolLM2 GGUF already holds 4-bit Q4_1 weights, so the fp32 export carries exactly those values.
-Quantizing the fp32 graph again would round twice (ORT's own 4-bit quantizer costs +24% perplexity);
-instead each linear layer's MatMul becomes ORT's MatMulNBits fed with the GGUF's own blocks.
+The SmolLM2 GGUF holds Q4_1 linear layers and a Q8_0 embedding, so its fp32 export carries exactly those
+values. Quantizing fp32 again would round twice (ORT's own 4-bit quantizer costs +24% perplexity);
+instead each linear layer becomes MatMulNBits fed with the GGUF's own blocks.
 
 Q4_1 block (32 weights along K): w = d*q + m, q in 0..15, d and m fp16.
 MatMulNBits block:                w = scale*(q - zp), zp a uint4.
 With scale = d and zp = 8:        w = d*(q - 8) + c,  c = m + 8d (one offset per block),
 so y = x @ W = MatMulNBits(x) + blocksum(x) @ C, where blocksum sums x over each 32-wide block of K
 and C [K/32, N] holds the offsets: a MatMul 32x smaller than the one it replaces.
+(MatMulNBits also takes float zero points, which would express m directly, but ORT then dequantizes
+the whole matrix on every call: 13x slower, measured. Rounding m to d/16 in an 8-bit layout removes the
+correction ops but measured no faster on this CPU and +0.1% perplexity, so the exact layout stays.)
+
+Q8_0 block: w = d*q, q int8, which is MatMulNBits 8-bit with zp = 128 and no correction at all.
 """
 
-import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import onnx
 from gguf import GGMLQuantizationType, GGUFReader
-from onnx import helper, numpy_helper
 
-from inference.export import ExportError, ProgressFn, copy_tokenizer_files
+from inference.export import ExportError
 
-BLOCK = 32  # weights per Q4_1 block, and MatMulNBits' block_size
+BLOCK = 32  # weights per GGUF block, and MatMulNBits' block_size
 Q4_1_BLOCK_BYTES = 20  # fp16 d, fp16 m, 16 bytes of nibbles
-ZERO_POINT = 8
-# MatMulNBits accuracy_level. 0 keeps activations fp32 (bit-faithful, but slower than the fp32 graph on a
-# 2-core AVX2 CPU); 4 quantizes activations to int8 per block at run time: ~1.9x faster decode than 0 for
-# +0.75% perplexity on SmolLM2 (16.64 vs 16.51), well inside the 2% gate. The weights stay exact either way.
+Q8_0_BLOCK_BYTES = 34  # fp16 d, 32 int8
+ZERO_POINT = {4: 8, 8: 128}  # MatMulNBits' default zero points, which the packing below relies on
+# MatMulNBits accuracy_level. 0 keeps activations fp32 (bit-faithful, but slower than fp32 on a 2-core
+# AVX2 CPU); 4 quantizes activations to int8 per block at run time: ~2x faster decode for +0.75%
+# perplexity on SmolLM2 (16.64 vs 16.51), well inside the 2% gate. The weights stay exact either way.
 DEFAULT_ACCURACY_LEVEL = 4
 
-# Exported MatMul node name -> GGUF tensor name. lm_head is tied to token_embd in SmolLM2.
-_LAYER_MATMUL = re.compile(r"^/model/layers\.(\d+)/(self_attn/[qkvo]_proj|mlp/(?:gate|up|down)_proj)/MatMul$")
-_GGUF_NAMES = {
-    "self_attn/q_proj": "attn_q",
-    "self_attn/k_proj": "attn_k",
-    "self_attn/v_proj": "attn_v",
-    "self_attn/o_proj": "attn_output",
-    "mlp/gate_proj": "ffn_gate",
-    "mlp/up_proj": "ffn_up",
-    "mlp/down_proj": "ffn_down",
-}
 
+@dataclass
+class LinearWeights:
+    """One linear layer y = x @ W, W [k, n], as a dense matrix or as MatMulNBits blocks."""
 
-def gguf_tensor_for(node_name: str, gguf_names: set[str]) -> str | None:
-    if match := _LAYER_MATMUL.match(node_name):
-        return f"blk.{match[1]}.{_GGUF_NAMES[match[2]]}.weight"
-    if node_name == "/lm_head/MatMul":
-        return "output.weight" if "output.weight" in gguf_names else "token_embd.weight"
-    return None
+    k: int
+    n: int
+    kind: str  # "dense", "q4_1" or "q8_0"
+    dense: np.ndarray | None = None  # [k, n] fp32
+    packed: np.ndarray | None = None  # [n, k/32, 32*bits/8] uint8
+    scales: np.ndarray | None = None  # [n, k/32] fp32
+    offsets: np.ndarray | None = None  # [k/32, n] fp32, Q4_1 only
+
+    @property
+    def bits(self) -> int:
+        return {"q4_1": 4, "q8_0": 8}[self.kind]
+
+    def dequantized(self) -> np.ndarray:
+        """The [k, n] matrix the graph computes with, in numpy: the check against the fp32 weights."""
+        if self.kind == "dense":
+            return self.dense
+        n, kb, _ = self.packed.shape
+        if self.kind == "q8_0":
+            q = self.packed.astype(np.float32) - ZERO_POINT[8]
+            return (self.scales[..., None] * q).reshape(n, kb * BLOCK).T
+        q = np.stack([self.packed & 0x0F, self.packed >> 4], axis=-1).reshape(n, kb, BLOCK).astype(np.float32)
+        w = self.scales[..., None] * (q - ZERO_POINT[4]) + self.offsets.T[..., None]
+        return w.reshape(n, kb * BLOCK).T
+
+    @classmethod
+    def concat(cls, parts: list["LinearWeights"]) -> "LinearWeights":
+        """Fuse linears that share an input (q|k|v, gate|up) along N: one kernel call instead of several."""
+        first = parts[0]
+        n = sum(p.n for p in parts)
+        if first.kind == "dense":
+            return cls(first.k, n, "dense", dense=np.concatenate([p.dense for p in parts], axis=1))
+        return cls(
+            first.k,
+            n,
+            first.kind,
+            packed=np.concatenate([p.packed for p in parts]),
+            scales=np.concatenate([p.scales for p in parts]),
+            offsets=None if first.offsets is None else np.concatenate([p.offsets for p in parts], axis=1),
+        )
 
 
 def unpack_q4_1(raw_blocks: np.ndarray, n: int, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -61,189 +90,63 @@ def unpack_q4_1(raw_blocks: np.ndarray, n: int, k: int) -> tuple[np.ndarray, np.
     return d, m, q
 
 
-def pack_q4_1_blocks(raw_blocks: np.ndarray, n: int, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """GGUF Q4_1 bytes of an [n, k] weight -> MatMulNBits B, scales, zero_points and the offset matrix C.
+def pack_q4_1(raw_blocks: np.ndarray, n: int, k: int) -> LinearWeights:
+    """GGUF Q4_1 bytes of an [n, k] weight -> MatMulNBits blocks (zp 8) and the offset matrix C.
 
-    B [n, kb, 16] uint8: elements 2j (low nibble) and 2j+1 (high nibble) of each block share a byte.
-    scales [n, kb] fp32, zero_points [n, ceil(kb/2)] uint8 (block 2i low nibble, 2i+1 high),
-    offsets C [kb, n] fp32 with C[b, j] = m + 8d of row j's block b.
+    packed [n, kb, 16]: elements 2j (low nibble) and 2j+1 (high nibble) of each block share a byte;
+    C [kb, n] with C[b, j] = m + 8d of row j's block b.
     """
     if k % BLOCK:
-        raise ValueError(f"K={k} is not a multiple of the Q4_1 block size {BLOCK}")
+        raise ValueError(f"K={k} is not a multiple of the block size {BLOCK}")
     d, m, q = unpack_q4_1(raw_blocks, n, k)
-    kb = k // BLOCK
     packed = (q[..., 0::2] | (q[..., 1::2] << 4)).astype(np.uint8)
-    zp = np.full((n, kb + kb % 2), ZERO_POINT, dtype=np.uint8)
-    zero_points = (zp[:, 0::2] | (zp[:, 1::2] << 4)).astype(np.uint8)
-    offsets = (m + np.float32(ZERO_POINT) * d).T.astype(np.float32)
-    return packed, d, zero_points, np.ascontiguousarray(offsets)
+    offsets = np.ascontiguousarray((m + np.float32(ZERO_POINT[4]) * d).T.astype(np.float32))
+    return LinearWeights(k, n, "q4_1", packed=packed, scales=d, offsets=offsets)
 
 
-def dequantize_packed(
-    packed: np.ndarray, scales: np.ndarray, zero_points: np.ndarray, offsets: np.ndarray
-) -> np.ndarray:
-    """The [k, n] weight MatMulNBits + offset correction computes, in numpy (the check against fp32)."""
-    n, kb, _ = packed.shape
-    q = np.stack([packed & 0x0F, packed >> 4], axis=-1).reshape(n, kb, BLOCK).astype(np.float32)
-    zp = np.stack([zero_points & 0x0F, zero_points >> 4], axis=-1).reshape(n, -1)[:, :kb].astype(np.float32)
-    w = scales[..., None] * (q - zp[..., None]) + offsets.T[..., None]
-    return w.reshape(n, kb * BLOCK).T
+def pack_q8_0(raw_blocks: np.ndarray, n: int, k: int) -> LinearWeights:
+    """GGUF Q8_0 bytes of an [n, k] weight -> 8-bit MatMulNBits blocks (q + 128, zp 128)."""
+    if k % BLOCK:
+        raise ValueError(f"K={k} is not a multiple of the block size {BLOCK}")
+    blocks = np.ascontiguousarray(raw_blocks, dtype=np.uint8).reshape(n, k // BLOCK, Q8_0_BLOCK_BYTES)
+    d = blocks[..., 0:2].copy().view(np.float16)[..., 0].astype(np.float32)
+    q = blocks[..., 2:].view(np.int8).astype(np.int16)
+    return LinearWeights(k, n, "q8_0", packed=(q + ZERO_POINT[8]).astype(np.uint8), scales=d)
+
+
+def pack_blocks(raw_blocks: np.ndarray, quant_type: GGMLQuantizationType, n: int, k: int) -> LinearWeights:
+    if quant_type == GGMLQuantizationType.Q4_1:
+        return pack_q4_1(raw_blocks, n, k)
+    if quant_type == GGMLQuantizationType.Q8_0:
+        return pack_q8_0(raw_blocks, n, k)
+    raise ExportError(f"no lossless MatMulNBits packing for GGUF type {quant_type.name}")
 
 
 def llama_row_order(n: int, n_head: int) -> np.ndarray:
     # llama.cpp interleaves q/k rows for its rotary layout; transformers undoes it (reverse_permute) when
-    # loading, so the ONNX initializer's row r is GGUF row order[r].
+    # loading, so HF's row r is GGUF row order[r].
     return np.arange(n).reshape(n_head, n // n_head // 2, 2).swapaxes(1, 2).reshape(n)
 
 
-def _gguf_int(reader: GGUFReader, key: str) -> int:
-    field = reader.fields[key]
-    return int(field.parts[field.data[0]][0])
+class GGUFBlocks:
+    """Raw blocks of a llama GGUF's tensors, rows in transformers' (HF) order."""
 
+    def __init__(self, gguf_path: Path) -> None:
+        self.path = gguf_path
+        self.reader = GGUFReader(gguf_path)
+        self.tensors = {t.name: t for t in self.reader.tensors}
 
-def _row_order(name: str, n: int, reader: GGUFReader) -> np.ndarray:
-    arch = bytes(reader.fields["general.architecture"].parts[-1]).decode()
-    if arch != "llama" or not (".attn_q." in name or ".attn_k." in name):
-        return np.arange(n)
-    heads = _gguf_int(reader, "llama.attention.head_count")
-    if ".attn_k." in name:
-        heads = _gguf_int(reader, "llama.attention.head_count_kv")
-    return llama_row_order(n, heads)
+    def _int(self, key: str) -> int:
+        field = self.reader.fields[key]
+        return int(field.parts[field.data[0]][0])
 
-
-def _replacement_nodes(
-    node: onnx.NodeProto, name: str, n: int, k: int, blocksum: str, accuracy_level: int
-) -> list[onnx.NodeProto]:
-    attrs = {"K": k, "N": n, "bits": 4, "block_size": BLOCK}
-    if accuracy_level:
-        attrs["accuracy_level"] = accuracy_level
-    base = node.name
-    return [
-        helper.make_node(
-            "MatMulNBits",
-            [node.input[0], f"{name}.q4", f"{name}.scales", f"{name}.zero_points"],
-            [f"{base}_nbits_output_0"],
-            name=f"{base}_nbits",
-            domain="com.microsoft",
-            **attrs,
-        ),
-        helper.make_node("MatMul", [blocksum, f"{name}.offsets"], [f"{base}_offset_output_0"], name=f"{base}_offset"),
-        helper.make_node(
-            "Add", [f"{base}_nbits_output_0", f"{base}_offset_output_0"], [node.output[0]], name=f"{base}_add"
-        ),
-    ]
-
-
-def _blocksum_nodes(activation: str, k: int, out: str) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
-    # [batch, seq, K] -> [batch, seq, K/32, 32] -> sum over the block: the decoder's activations are rank 3.
-    shape = numpy_helper.from_array(np.array([0, 0, k // BLOCK, BLOCK], dtype=np.int64), f"{out}.shape")
-    axes = numpy_helper.from_array(np.array([-1], dtype=np.int64), f"{out}.axes")
-    nodes = [
-        helper.make_node("Reshape", [activation, shape.name], [f"{out}_blocks"], name=f"{out}_reshape"),
-        helper.make_node("ReduceSum", [f"{out}_blocks", axes.name], [out], name=f"{out}_reduce", keepdims=0),
-    ]
-    return nodes, [shape, axes]
-
-
-def repack_q4_1(
-    *,
-    gguf_path: Path,
-    fp32_onnx_dir: Path,
-    out_dir: Path,
-    progress: ProgressFn,
-    accuracy_level: int = DEFAULT_ACCURACY_LEVEL,
-) -> dict:
-    """Write out_dir/model.onnx: the fp32 decoder with every Q4_1 linear layer as an exact MatMulNBits."""
-    progress("reading the GGUF and the fp32 ONNX decoder", 0.0)
-    reader = GGUFReader(gguf_path)
-    tensors = {t.name: t for t in reader.tensors}
-    model = onnx.load(fp32_onnx_dir / "model.onnx")
-    graph = model.graph
-    inits = {init.name: init for init in graph.initializer}
-    uses: dict[str, int] = {}
-    for node in graph.node:
-        for name in node.input:
-            uses[name] = uses.get(name, 0) + 1
-
-    targets = []
-    for node in graph.node:
-        gguf_name = gguf_tensor_for(node.name, set(tensors)) if node.op_type == "MatMul" else None
-        if gguf_name is None or node.input[1] not in inits:
-            continue
-        tensor = tensors.get(gguf_name)
+    def linear(self, name: str) -> LinearWeights:
+        tensor = self.tensors.get(name)
         if tensor is None:
-            raise ExportError(f"{node.name} should map to GGUF tensor {gguf_name}, which {gguf_path} lacks")
-        if tensor.tensor_type == GGMLQuantizationType.Q4_1:
-            targets.append((node, gguf_name))
-    if not targets:
-        raise ExportError(f"no Q4_1 linear layers found in {gguf_path}; nothing to repack losslessly")
-
-    new_inits: list[onnx.TensorProto] = []
-    replaced: dict[int, list[onnx.NodeProto]] = {}
-    blocksums: dict[str, str] = {}  # q/k/v (and gate/up) share one input, so they share its block sums
-    worst = 0.0
-    for i, (node, gguf_name) in enumerate(targets):
-        weight = numpy_helper.to_array(inits[node.input[1]])  # [K, N]
-        k, n = weight.shape
-        tensor = tensors[gguf_name]
-        raw = np.asarray(tensor.data).reshape(n, -1)[_row_order(gguf_name, n, reader)]
-        packed, scales, zero_points, offsets = pack_q4_1_blocks(raw, n, k)
-        # The promise is "lossless": prove it per tensor instead of trusting the name mapping and layouts.
-        error = float(np.abs(dequantize_packed(packed, scales, zero_points, offsets) - weight).max())
-        worst = max(worst, error)
-        if error > 1e-5:
-            raise ExportError(
-                f"{gguf_name} repacked does not reproduce {node.name}'s fp32 weight (max error {error:.3g}); "
-                "the GGUF and the ONNX export are not from the same model"
-            )
-        name = f"{gguf_name[: -len('.weight')]}"
-        new_inits += [
-            numpy_helper.from_array(packed, f"{name}.q4"),
-            numpy_helper.from_array(scales, f"{name}.scales"),
-            numpy_helper.from_array(zero_points, f"{name}.zero_points"),
-            numpy_helper.from_array(offsets, f"{name}.offsets"),
-        ]
-        nodes = []
-        if node.input[0] not in blocksums:
-            blocksums[node.input[0]] = f"{name}.blocksum"
-            sum_nodes, sum_inits = _blocksum_nodes(node.input[0], k, blocksums[node.input[0]])
-            nodes += sum_nodes
-            new_inits += sum_inits
-        replaced[id(node)] = nodes + _replacement_nodes(node, name, n, k, blocksums[node.input[0]], accuracy_level)
-        uses[node.input[1]] -= 1
-        progress(f"repacked {gguf_name}", 0.1 + 0.7 * (i + 1) / len(targets))
-
-    # Rebuild the node list in place order so the graph stays topologically sorted.
-    nodes = []
-    for node in graph.node:
-        nodes += replaced.get(id(node), [node])
-    graph.ClearField("node")
-    graph.node.extend(nodes)
-    kept = [init for init in graph.initializer if uses.get(init.name, 0) > 0 or init.name not in uses]
-    graph.ClearField("initializer")
-    graph.initializer.extend(kept + new_inits)
-    if not any(op.domain == "com.microsoft" for op in model.opset_import):
-        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model_path = out_dir / "model.onnx"
-    progress("writing the repacked decoder", 0.85)
-    try:
-        onnx.save(model, model_path)
-        copy_tokenizer_files(fp32_onnx_dir, out_dir)
-    except BaseException:
-        # A half-written model.onnx must never look usable.
-        model_path.unlink(missing_ok=True)
-        raise
-    progress(f"repacked {len(targets)} MatMuls (max weight error {worst:.2g})", 1.0)
-    return {
-        "dtype": "q4_1-matmulnbits",
-        "format": "onnx",
-        "quantization": {
-            "method": "lossless Q4_1 repack into MatMulNBits (zp=8 + per-block offset correction)",
-            "bits": 4,
-            "block_size": BLOCK,
-            "replaced_matmuls": len(targets),
-            "accuracy_level": accuracy_level,
-        },
-    }
+            raise ExportError(f"{self.path} has no tensor {name}; it is not the model the config describes")
+        k, n = (int(d) for d in tensor.shape)  # GGUF shapes list the fastest-varying dimension first
+        raw = np.asarray(tensor.data).reshape(n, -1)
+        if ".attn_q." in name or ".attn_k." in name:
+            heads = self._int("llama.attention.head_count" + ("_kv" if ".attn_k." in name else ""))
+            raw = raw[llama_row_order(n, heads)]
+        return pack_blocks(raw, GGMLQuantizationType(tensor.tensor_type), n, k)
