@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint format lock vendor screenshot clean
+.PHONY: install run test lint format lock vendor screenshot clean bench
 
 install: $(STAMP)
 
@@ -26,6 +26,11 @@ run: install
 
 test: install
 	$(PY) -m pytest
+
+# Atelier's engine against llama.cpp and transformers on this machine; writes bench/results.md.
+# BENCH_LLAMA_VENV=path reuses a venv that has llama-cpp-python (else one is built: about 10 minutes).
+bench: install
+	$(PY) -m bench.run
 
 lint: install
 	$(VENV)/bin/ruff check .

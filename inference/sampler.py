@@ -87,7 +87,7 @@ class Sampler:
 
     def _draw(self, logits: np.ndarray) -> int:
         p = self.params
-        candidates = np.argpartition(-logits, p.top_k - 1)[:p.top_k] if p.top_k and p.top_k < logits.size else None
+        candidates = np.argpartition(-logits, p.top_k - 1)[: p.top_k] if p.top_k and p.top_k < logits.size else None
         scores = logits[candidates] if candidates is not None else logits
         probs = np.exp(scores - scores.max())
         probs /= probs.sum()

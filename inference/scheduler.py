@@ -45,6 +45,7 @@ class GenerationRequest:
     n: int = 1
     stop: tuple[str, ...] = ()
     adapter: str | None = None
+    ignore_eos: bool = False  # generate max_tokens regardless (benchmarks, tests)
 
 
 @dataclass
@@ -58,7 +59,7 @@ class Event:
     error: str | None = None
 
 
-@dataclass
+@dataclass(eq=False)  # compared and hashed by identity
 class RequestHandle:
     id: int
     request: GenerationRequest
@@ -74,7 +75,7 @@ class RequestHandle:
         self.loop.call_soon_threadsafe(self.queue.put_nowait, event)
 
 
-@dataclass
+@dataclass(eq=False)
 class Sequence:
     handle: RequestHandle
     index: int
@@ -188,9 +189,10 @@ class Engine:
                     self._wake.wait()
                 if self._stopping:
                     return
-                self._drop_cancelled()
-                self._admit()
             try:
+                with self._wake:
+                    self._drop_cancelled()
+                    self._admit()
                 self._prefill_step()
                 self._decode_step()
             except Exception as error:  # a failed step fails its requests, never the engine
@@ -286,7 +288,7 @@ class Engine:
             self._record_ttft(handle.first_token_at - handle.submitted)
         seq.generated += 1
         self.stats["generation_tokens_total"] += 1
-        if choice.token in self.eos:
+        if choice.token in self.eos and not handle.request.ignore_eos:
             seq.held += seq.detokenizer.flush()
             handle.send(Event("token", seq.index, self._release_text(seq, final=True), token=choice))
             return self._finish_sequence(seq, "stop")

@@ -90,8 +90,10 @@ class _Generation(BaseModel):
     repetition_penalty: float = Field(1.0, gt=0.0, le=10.0)
     seed: int | None = None
     user: str | None = None
-    # Keep only the last N prompt tokens instead of refusing a prompt longer than the context window.
+    # Extensions (as in vLLM). Keep only the last N prompt tokens instead of refusing a prompt longer
+    # than the context window; generate max_tokens even past end-of-text (benchmarks).
     truncate_prompt_tokens: int | None = Field(None, ge=1)
+    ignore_eos: bool = False
 
     @field_validator("stop")
     @classmethod
@@ -341,6 +343,7 @@ def _generation(
         max_tokens=min(max_tokens or room, room),
         n=body.n,
         stop=tuple(body.stop or ()),
+        ignore_eos=body.ignore_eos,
         adapter=adapter,
     )
 

@@ -34,6 +34,14 @@ def torch_perplexity(model: LlamaForCausalLM, ids: list[int]) -> float:
 
 def tiny_chat_model(root: Path) -> dict:
     """Train and export the tiny model under root; returns its onnx_dir, hf_dir and torch perplexity."""
+    tiny = tiny_checkpoint(root)
+    onnx_dir = root / "onnx"
+    export_onnx_decoder(hf_dir=tiny["hf_dir"], out_dir=onnx_dir)
+    return {**tiny, "onnx_dir": onnx_dir}
+
+
+def tiny_checkpoint(root: Path) -> dict:
+    """Train the tiny model and save it (HF format) under root/hf; returns hf_dir, model and torch perplexity."""
     tokenizer = tiny_tokenizer()
     ids = tokenizer(PERPLEXITY_TEXT)["input_ids"][:512]
     torch.manual_seed(0)
@@ -58,11 +66,10 @@ def tiny_chat_model(root: Path) -> dict:
         loss.backward()
         optimizer.step()
     model.eval()
-    hf_dir, onnx_dir = root / "hf", root / "onnx"
+    hf_dir = root / "hf"
     model.save_pretrained(hf_dir)
     tokenizer.save_pretrained(hf_dir)
-    export_onnx_decoder(hf_dir=hf_dir, out_dir=onnx_dir)
-    return {"root": root, "hf_dir": hf_dir, "onnx_dir": onnx_dir, "torch_ppl": torch_perplexity(model, ids)}
+    return {"root": root, "hf_dir": hf_dir, "model": model, "torch_ppl": torch_perplexity(model, ids)}
 
 
 def write_noisy_copy(onnx_dir: Path, noisy_dir: Path, *, scale: float = 0.5) -> None:

@@ -5,7 +5,9 @@ import sys
 import threading
 import time
 import urllib.request
+from urllib.parse import urlsplit
 
+from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
@@ -43,7 +45,7 @@ class Command(BaseCommand):
             if not skip_bootstrap:
                 call_command("bootstrap_models")
             call_command("ensure_admin")
-            self.stdout.write("Starting web and worker …")
+            self.stdout.write("Starting web, worker and inference …")
             threading.Thread(target=self._announce_when_up, args=(host, port, started), daemon=True).start()
             Supervisor(self._programs(host, port)).run()
         except CrashLoop as error:
@@ -55,12 +57,29 @@ class Command(BaseCommand):
         python = sys.executable
         settings_env = {"DJANGO_SETTINGS_MODULE": os.environ.get("DJANGO_SETTINGS_MODULE", "config.settings.local")}
         concurrency = os.environ.get("CELERY_CONCURRENCY", "2")
+        programs = []
+        inference = urlsplit(settings.INFERENCE_URL)
+        if inference.hostname in ("127.0.0.1", "localhost"):  # otherwise INFERENCE_URL names servers run elsewhere
+            programs.append(
+                Program(
+                    "inference",
+                    [
+                        python,
+                        "-m",
+                        "inference.server",
+                        "--host",
+                        inference.hostname,
+                        "--port",
+                        str(inference.port or 80),
+                        "--models-root",
+                        str(settings.MODELS_DIR),
+                    ],
+                    {},
+                )
+            )
         return [
-            Program(
-                "worker",
-                worker_argv(concurrency=int(concurrency), name="worker@%h"),
-                settings_env,
-            ),
+            *programs,
+            Program("worker", worker_argv(concurrency=int(concurrency), name="worker@%h"), settings_env),
             Program(
                 "web",
                 [

@@ -1,0 +1,339 @@
+"""The engine's decoder graph, LoRA banks and scheduler on a tiny trained Llama (seconds, no Django).
+
+References are independent of the code under test: the torch model itself, a PEFT adapter merged into
+it by PEFT, and plain numpy for the dequantized weights.
+"""
+
+import asyncio
+import dataclasses
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+
+from inference.adapters import AdapterBank, AdapterError, AdaptersBusy
+from inference.graph import build_decoder, export_engine_decoder, load_decoder_weights
+from inference.quantize import LinearWeights
+from inference.sampler import SamplingParams
+from inference.scheduler import Engine, GenerationRequest, PromptTooLong, QueueFull
+from inference.session import DecoderSession
+from inference.tokenizer import ChatTokenizer
+from tests.tiny_models import tiny_checkpoint
+
+PROMPT = [5, 17, 42, 99, 3, 250, 7, 8, 61, 120, 33]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny")
+    checkpoint = tiny_checkpoint(root)
+    dense = load_decoder_weights(hf_dir=checkpoint["hf_dir"], quantize=False)
+    for name, model in (("dense", build_decoder(dense)), ("dense_lora", build_decoder(dense, lora=True))):
+        (root / name).mkdir()
+        onnx.save(model, root / name / "model.onnx")
+    (root / "dense_lora" / "model.onnx").rename(root / "dense_lora" / "model_lora.onnx")
+    onnx.save(build_decoder(dense), root / "dense_lora" / "model.onnx")
+    export_engine_decoder(hf_dir=checkpoint["hf_dir"], gguf_path=None, out_dir=root / "q4", progress=lambda *_: None)
+    return {**checkpoint, "root": root}
+
+
+def torch_logits(model, ids: list[int]) -> np.ndarray:
+    with torch.no_grad():
+        return model(torch.tensor([ids])).logits[0].numpy()
+
+
+def test_prefill_matches_torch_at_every_position(tiny):
+    session = DecoderSession(tiny["root"] / "dense", max_rows=2, capacity=64)
+    got = session.forward(
+        np.array([PROMPT]), start=1, lengths=np.array([len(PROMPT)]), logits_index=np.arange(len(PROMPT))
+    )
+    np.testing.assert_allclose(got[0], torch_logits(tiny["model"], PROMPT), atol=2e-4)
+
+
+def test_chunked_prefill_and_batched_decode_at_different_lengths_match_torch(tiny):
+    session = DecoderSession(tiny["root"] / "dense", max_rows=3, capacity=64)
+    short, long = PROMPT[:4], PROMPT
+    # Row 0: the long prompt in two chunks; row 2: the short one; row 1 stays empty.
+    session.forward(np.array([long[:6]]), start=0, lengths=np.array([6]), logits_index=np.array([5]))
+    session.forward(np.array([long[6:]]), start=0, lengths=np.array([len(long)]), logits_index=np.array([4]))
+    session.forward(np.array([short]), start=2, lengths=np.array([4]), logits_index=np.array([3]))
+    step = session.forward(
+        np.array([[11], [0], [12]]),
+        start=0,
+        lengths=np.array([len(long) + 1, 1, 5]),
+        logits_index=np.array([0]),
+    )
+    np.testing.assert_allclose(step[0, 0], torch_logits(tiny["model"], [*long, 11])[-1], atol=2e-4)
+    np.testing.assert_allclose(step[2, 0], torch_logits(tiny["model"], [*short, 12])[-1], atol=2e-4)
+
+
+def test_quantized_graph_computes_exactly_its_dequantized_weights(tiny):
+    # The q4 graph (MatMulNBits + offset correction, int8 activations) against a dense graph holding the
+    # very weights the blocks decode to: only activation rounding may differ.
+    quantized = load_decoder_weights(hf_dir=tiny["hf_dir"])
+
+    def densify(w: LinearWeights) -> LinearWeights:
+        return LinearWeights(w.k, w.n, "dense", dense=np.ascontiguousarray(w.dequantized()))
+
+    dense = dataclasses.replace(
+        quantized,
+        lm_head=densify(quantized.lm_head),
+        linears=[{g: densify(w) for g, w in layer.items()} for layer in quantized.linears],
+    )
+    root = tiny["root"]
+    (root / "dequantized").mkdir(exist_ok=True)
+    onnx.save(build_decoder(dense), root / "dequantized" / "model.onnx")
+    reference = DecoderSession(root / "dequantized", max_rows=1, capacity=64)
+    served = DecoderSession(root / "q4", max_rows=1, capacity=64)
+    args = {"start": 0, "lengths": np.array([len(PROMPT)]), "logits_index": np.arange(len(PROMPT))}
+    want, got = reference.forward(np.array([PROMPT]), **args), served.forward(np.array([PROMPT]), **args)
+    assert np.abs(got - want).max() < 0.02 * np.abs(want).max()
+    assert (got.argmax(-1) == want.argmax(-1)).mean() > 0.9
+    # ...and the packing itself is exact: dequantizing it gives gguf's own Q4_1 reconstruction.
+    from gguf import GGMLQuantizationType
+    from gguf.quants import dequantize, quantize
+    from safetensors.numpy import load_file
+
+    q_weight = load_file(tiny["hf_dir"] / "model.safetensors")["model.layers.0.self_attn.q_proj.weight"]
+    expected = dequantize(quantize(q_weight, GGMLQuantizationType.Q4_1), GGMLQuantizationType.Q4_1)
+    packed = quantized.linears[0]["qkv"].dequantized()[:, : q_weight.shape[0]]
+    np.testing.assert_allclose(packed, expected.T, atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def peft_adapter(tiny, tmp_path_factory):
+    """A real PEFT LoRA on every projection, with non-zero B, saved as safetensors; and PEFT's merge."""
+    torch.manual_seed(1)
+    base = tiny["model"]
+    config = LoraConfig(
+        r=4,
+        lora_alpha=8,
+        target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        init_lora_weights=False,  # random A and B: the default B = 0 would make any bug invisible
+    )
+    import copy
+
+    peft_model = get_peft_model(copy.deepcopy(base), config)
+    path = tmp_path_factory.mktemp("adapter")
+    peft_model.save_pretrained(path, safe_serialization=True)
+    merged = peft_model.merge_and_unload().eval()
+    return {"path": path, "merged": merged}
+
+
+def test_banked_lora_rows_match_peft_merged_and_base_in_one_batch(tiny, peft_adapter):
+    session = DecoderSession(tiny["root"] / "dense_lora", max_rows=2, capacity=64)
+    bank = AdapterBank(session.config, slots=2, max_rank=8)
+    bank.load("tuned", peft_adapter["path"])
+    slot = bank.acquire("tuned")
+    from inference.session import Lora
+
+    lora = Lora(index=np.array([slot, 0]), banks=bank.banks)
+    ids = np.array([PROMPT, PROMPT])
+    got = session.forward(
+        ids, start=0, lengths=np.array([len(PROMPT)] * 2), logits_index=np.arange(len(PROMPT)), lora=lora
+    )
+    merged = torch_logits(peft_adapter["merged"], PROMPT)
+    base = torch_logits(tiny["model"], PROMPT)
+    assert np.abs(merged - base).max() > 0.05  # the adapter really changes the model
+    np.testing.assert_allclose(got[0], merged, atol=5e-4)
+    np.testing.assert_allclose(got[1], base, atol=5e-4)
+
+
+def test_adapters_are_safetensors_only_and_validated(tiny, peft_adapter, tmp_path):
+    config = DecoderSession(tiny["root"] / "dense_lora", max_rows=1, capacity=8).config
+    bank = AdapterBank(config, slots=1, max_rank=8)
+    pickled = tmp_path / "pickled"
+    pickled.mkdir()
+    (pickled / "adapter_model.bin").write_bytes(b"not loaded")
+    (pickled / "adapter_config.json").write_text(json.dumps({"r": 4}))
+    with pytest.raises(AdapterError, match="only as safetensors"):
+        bank.load("x", pickled)
+    with pytest.raises(AdapterError, match=r"rank 4 is outside 1\.\.2"):
+        AdapterBank(config, slots=1, max_rank=2).load("x", peft_adapter["path"])
+    corrupt = tmp_path / "corrupt"
+    corrupt.mkdir()
+    (corrupt / "adapter_model.safetensors").write_bytes(b"\x00" * 64)
+    (corrupt / "adapter_config.json").write_text(json.dumps({"r": 4, "lora_alpha": 8}))
+    with pytest.raises(AdapterError, match="not a readable safetensors"):
+        bank.load("x", corrupt)
+    assert bank.loaded == []
+
+
+def test_adapters_evict_least_recently_used_but_never_one_in_use(tiny, peft_adapter):
+    config = DecoderSession(tiny["root"] / "dense_lora", max_rows=1, capacity=8).config
+    bank = AdapterBank(config, slots=2, max_rank=8)
+    bank.load("a", peft_adapter["path"])
+    bank.load("b", peft_adapter["path"])
+    bank.acquire("a")  # in use, and now the most recent
+    bank.load("c", peft_adapter["path"])  # evicts b
+    assert sorted(bank.loaded) == ["a", "c"]
+    bank.acquire("c")
+    with pytest.raises(AdaptersBusy):
+        bank.load("d", peft_adapter["path"])
+    with pytest.raises(AdaptersBusy):
+        bank.unload("a")
+    bank.release("a")
+    bank.unload("a")
+    assert bank.loaded == ["c"]
+    assert not bank.banks["lora.qkv.A"][1::3].any() or not bank.banks["lora.qkv.A"][2::3].any()
+
+
+# --- the scheduler --------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def engine_parts(tiny):
+    import shutil
+
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        shutil.copy(tiny["hf_dir"] / name, tiny["root"] / "q4" / name)
+    return {"dir": tiny["root"] / "q4", "tokenizer": ChatTokenizer(tiny["root"] / "q4")}
+
+
+def make_engine(parts, **kwargs) -> Engine:
+    options = {"max_rows": kwargs.pop("max_rows", 4), "capacity": kwargs.pop("capacity", 256)}
+    return Engine(DecoderSession(parts["dir"], **options), parts["tokenizer"], **kwargs)
+
+
+async def run_request(engine: Engine, request: GenerationRequest, order: list | None = None) -> dict:
+    handle = engine.submit(request, asyncio.get_running_loop())
+    tokens, text, reasons = {}, {}, {}
+    while True:
+        event = await handle.queue.get()
+        if event.kind == "token":
+            tokens.setdefault(event.index, []).append(event.token.token)
+            text[event.index] = text.get(event.index, "") + event.text
+        elif event.kind == "finish":
+            reasons[event.index] = event.finish_reason
+        elif event.kind == "done":
+            if order is not None:
+                order.append(request.max_tokens)
+            return {"tokens": tokens, "text": text, "reasons": reasons, "usage": event.usage}
+        else:
+            raise AssertionError(event.error)
+
+
+def greedy(max_tokens: int, **kwargs) -> GenerationRequest:
+    params = SamplingParams(temperature=0.0, **kwargs.pop("params", {}))
+    return GenerationRequest(PROMPT, params, max_tokens=max_tokens, ignore_eos=True, **kwargs)
+
+
+def test_a_short_request_overtakes_a_long_one_and_batching_does_not_change_tokens(engine_parts):
+    engine = make_engine(engine_parts)
+
+    async def scenario():
+        alone = await run_request(engine, greedy(12))
+        order: list[int] = []
+        long = asyncio.ensure_future(run_request(engine, greedy(150), order))
+        await asyncio.sleep(0.05)
+        short = await run_request(engine, greedy(12), order)
+        await long
+        return alone, short, order
+
+    try:
+        alone, short, order = asyncio.run(scenario())
+    finally:
+        engine.shutdown()
+    assert order == [12, 150]  # the short one joined the running batch and left first
+    assert short["tokens"] == alone["tokens"]
+    assert short["usage"] == {"prompt_tokens": len(PROMPT), "completion_tokens": 12, "total_tokens": len(PROMPT) + 12}
+
+
+def test_seeded_sampling_repeats_and_n_choices_share_one_prefill(engine_parts):
+    engine = make_engine(engine_parts)
+    sampled = SamplingParams(temperature=1.0, seed=7)
+
+    async def scenario():
+        request = GenerationRequest(PROMPT, sampled, max_tokens=20, n=3, ignore_eos=True)
+        return await run_request(engine, request), await run_request(engine, request)
+
+    try:
+        first, second = asyncio.run(scenario())
+    finally:
+        engine.shutdown()
+    assert first["tokens"] == second["tokens"]
+    assert len({tuple(t) for t in first["tokens"].values()}) > 1  # three streams, not one copied
+    assert first["usage"]["completion_tokens"] == 60
+
+
+def test_stop_sequences_end_the_text_before_them(engine_parts):
+    engine = make_engine(engine_parts)
+    try:
+        plain = asyncio.run(run_request(engine, greedy(30)))["text"][0]
+        stop = plain[10:13]
+        stopped = asyncio.run(run_request(engine, greedy(30, stop=(stop,))))
+    finally:
+        engine.shutdown()
+    assert stopped["text"][0] == plain[: plain.index(stop)]
+    assert stopped["reasons"][0] == "stop"
+
+
+def test_cancel_frees_the_rows_and_a_full_queue_refuses(engine_parts):
+    engine = make_engine(engine_parts, max_rows=1, max_queue=1)
+
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        running = engine.submit(greedy(200), loop)
+        await asyncio.sleep(0.1)
+        waiting = engine.submit(greedy(5), loop)
+        with pytest.raises(QueueFull, match="at capacity"):
+            engine.submit(greedy(5), loop)
+        engine.cancel(running)
+        while (event := await running.queue.get()).kind != "done":
+            assert event.kind != "error"
+        while (event := await waiting.queue.get()).kind != "done":
+            pass
+        return engine.snapshot()
+
+    try:
+        snapshot = asyncio.run(scenario())
+    finally:
+        engine.shutdown()
+    assert snapshot["kv_rows_in_use"] == 0 and snapshot["queue_depth"] == 0
+    assert snapshot["requests_rejected_total"] == 1
+
+
+def test_a_prompt_longer_than_the_context_is_refused(engine_parts):
+    engine = make_engine(engine_parts, capacity=16)
+    try:
+        with pytest.raises(PromptTooLong, match="context window is 16 tokens"):
+            engine.submit(GenerationRequest(list(range(16)), SamplingParams(), max_tokens=1), None)
+    finally:
+        engine.shutdown()
+
+
+# --- the HTTP layer, in-process -------------------------------------------------------------------
+
+
+def test_api_key_queue_full_and_loopback_rules(engine_parts):
+    from starlette.testclient import TestClient
+
+    from inference.server import Runtime, create_app, main
+
+    engine = make_engine(engine_parts, max_rows=1, max_queue=1)
+    runtime = Runtime(engine=engine, tokenizer=engine_parts["tokenizer"], adapters=None, embedder=None)
+    body = {"model": "smollm2-135m-instruct", "prompt": "the", "max_tokens": 2}
+    try:
+        with TestClient(create_app(runtime, api_key="s3cret")) as http:
+            refused = http.post("/v1/completions", json=body)
+            assert refused.status_code == 401 and refused.json()["error"]["code"] == "invalid_api_key"
+            wrong = http.post("/v1/completions", json=body, headers={"Authorization": "Bearer nope"})
+            assert wrong.status_code == 401
+            ok = http.post("/v1/completions", json=body, headers={"Authorization": "Bearer s3cret"})
+            assert ok.status_code == 200 and ok.json()["usage"]["completion_tokens"] >= 1
+            assert http.get("/health").status_code == 200  # liveness needs no key
+
+        engine.max_queue = 0  # full, deterministically (the scheduler test fills a real queue)
+        with TestClient(create_app(runtime)) as http:
+            full = http.post("/v1/completions", json=body)
+            assert full.status_code == 429
+            assert (
+                full.json()["error"]["type"] == "rate_limit_error" and "at capacity" in full.json()["error"]["message"]
+            )
+    finally:
+        engine.shutdown()
+    with pytest.raises(SystemExit, match="without INFERENCE_API_KEY"):
+        main(["--host", "0.0.0.0"])  # noqa: S104 (that refusal is the test)
