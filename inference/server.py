@@ -13,6 +13,7 @@ Errors always have OpenAI's shape: {"error": {"message", "type", "param", "code"
 
 import argparse
 import asyncio
+import base64
 import ipaddress
 import json
 import logging
@@ -122,7 +123,7 @@ class CompletionRequest(_Generation):
 class EmbeddingRequest(BaseModel):
     model: str
     input: str | list[str]
-    encoding_format: Literal["float"] = "float"
+    encoding_format: Literal["float", "base64"] = "float"
 
 
 class AdapterLoad(BaseModel):
@@ -253,11 +254,17 @@ def create_app(runtime: Runtime, *, api_key: str | None = None) -> FastAPI:
         if any(not t for t in texts):
             raise APIError(400, "input strings must not be empty", param="input")
         vectors = await run_in_threadpool(runtime.embedder.embed, texts)
+
+        def encode(vector):  # base64 is little-endian float32, as OpenAI sends it (the client's default)
+            if body.encoding_format == "base64":
+                return base64.b64encode(vector.astype("<f4").tobytes()).decode()
+            return vector.tolist()
+
         tokens = runtime.embedder.count_tokens(texts)
         return {
             "object": "list",
             "model": runtime.embedding_name,
-            "data": [{"object": "embedding", "index": i, "embedding": v.tolist()} for i, v in enumerate(vectors)],
+            "data": [{"object": "embedding", "index": i, "embedding": encode(v)} for i, v in enumerate(vectors)],
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
         }
 

@@ -42,7 +42,7 @@ def _processes_using(path: str) -> list[psutil.Process]:
 
 
 def test_serve_starts_everything_green_and_ctrl_c_stops_it(tmp_path, models_ready):
-    var_dir, port = str(tmp_path / "var"), _free_port()
+    var_dir, port, inference_port = str(tmp_path / "var"), _free_port(), _free_port()
     env = {
         key: value
         for key, value in os.environ.items()
@@ -52,6 +52,7 @@ def test_serve_starts_everything_green_and_ctrl_c_stops_it(tmp_path, models_read
         ATELIER_VAR_DIR=var_dir,
         ATELIER_MODELS_DIR=str(settings.MODELS_DIR),
         ATELIER_PORT=str(port),
+        INFERENCE_URL=f"http://127.0.0.1:{inference_port}",
         ATELIER_ADMIN_PASSWORD=ADMIN_PASSWORD,
         CELERY_CONCURRENCY="1",
         PYTHONUNBUFFERED="1",
@@ -70,13 +71,19 @@ def test_serve_starts_everything_green_and_ctrl_c_stops_it(tmp_path, models_read
     base = f"http://127.0.0.1:{port}"
     try:
         health, deadline = {}, time.monotonic() + 180
-        while time.monotonic() < deadline and health.get("worker") != "ok":
+        while time.monotonic() < deadline and not (health.get("worker") == health.get("inference") == "ok"):
             assert process.poll() is None, "".join(output)
             with contextlib.suppress(httpx.HTTPError):
                 health = httpx.get(f"{base}/healthz", timeout=5).json()
             time.sleep(1)
-        for part in ("database", "pgvector", "redis", "worker", "models"):
+        for part in ("database", "pgvector", "redis", "worker", "inference", "models"):
             assert health.get(part) == "ok", (part, health, "".join(output)[-3000:])
+        answer = httpx.post(
+            f"http://127.0.0.1:{inference_port}/v1/completions",
+            json={"model": "smollm2-135m-instruct", "prompt": "Hello", "max_tokens": 3},
+            timeout=30,
+        )
+        assert answer.status_code == 200 and answer.json()["usage"]["completion_tokens"] >= 1
 
         # Log in as the admin the command ensured, and see the status page.
         with httpx.Client(base_url=base, follow_redirects=False, timeout=10) as browser:
@@ -107,4 +114,4 @@ def test_serve_starts_everything_green_and_ctrl_c_stops_it(tmp_path, models_read
     assert len(re.findall(r": verified at ", log)) == len(models_ready), log[-3000:]
     assert "Atelier stopped." in log
     time.sleep(1)
-    assert _processes_using(var_dir) == []  # web, worker, redis and postgres are all gone
+    assert _processes_using(var_dir) == []  # web, worker, inference, redis and postgres are all gone
