@@ -1,10 +1,11 @@
 """Continuous batching: one engine thread owns the decoder and advances every request a step at a time.
 
 Each request gets one KV row per choice (n > 1 choices share one prefill, then copy its cache). Every
-turn of the loop does at most one prefill chunk (so a long prompt never stalls running streams for
-more than a chunk) and then one decode step over all rows [0, highest busy row]: rows that are free or
-mid-prefill ride along with a dummy token whose KV write is overwritten later. Requests join and leave
-at token boundaries; a cancelled request frees its rows at the next one.
+turn of the loop prefills at most prefill_chunk prompt tokens (several short prompts, or one chunk of a
+long one, so a long prompt never stalls running streams for more than a chunk) and then one decode
+step over all rows [0, highest busy row]: rows that are free or mid-prefill ride along with a dummy
+token whose KV write is overwritten later. Requests join and leave at token boundaries; a cancelled
+request frees its rows at the next one.
 
 Results go back to asyncio through loop.call_soon_threadsafe, one Event at a time.
 """
@@ -229,30 +230,32 @@ class Engine:
         return Lora(index=np.array(slots, dtype=np.int64), banks=self.adapters.banks)
 
     def _prefill_step(self) -> None:
-        if not self._prefilling:
-            return
-        handle = self._prefilling[0]
-        first = handle.sequences[0]
-        prompt = handle.request.prompt
-        chunk = prompt[first.prefilled : first.prefilled + self.prefill_chunk]
-        end = first.prefilled + len(chunk)
-        logits = self.decoder.forward(
-            np.array([chunk], dtype=np.int64),
-            start=first.row,
-            lengths=np.array([end]),
-            logits_index=np.array([len(chunk) - 1]),
-            lora=self._lora([first]),
-        )
-        first.prefilled = first.length = end
-        self.stats["prompt_tokens_total"] += len(chunk)
-        if end < len(prompt):
-            return
-        self._prefilling.popleft()
-        for seq in handle.sequences[1:]:
-            self.decoder.copy_rows(source=first.row, target=seq.row, length=end)
-            seq.length = end
-        for seq in handle.sequences:
-            self._accept(seq, logits[0, -1])
+        """Prefill up to prefill_chunk prompt tokens: several short prompts, or one chunk of a long one."""
+        budget = self.prefill_chunk
+        while self._prefilling and budget > 0:
+            handle = self._prefilling[0]
+            first = handle.sequences[0]
+            prompt = handle.request.prompt
+            chunk = prompt[first.prefilled : first.prefilled + budget]
+            end = first.prefilled + len(chunk)
+            logits = self.decoder.forward(
+                np.array([chunk], dtype=np.int64),
+                start=first.row,
+                lengths=np.array([end]),
+                logits_index=np.array([len(chunk) - 1]),
+                lora=self._lora([first]),
+            )
+            first.prefilled = first.length = end
+            budget -= len(chunk)
+            self.stats["prompt_tokens_total"] += len(chunk)
+            if end < len(prompt):
+                return
+            self._prefilling.popleft()
+            for seq in handle.sequences[1:]:
+                self.decoder.copy_rows(source=first.row, target=seq.row, length=end)
+                seq.length = end
+            for seq in handle.sequences:
+                self._accept(seq, logits[0, -1])
 
     def _decode_step(self) -> None:
         busy = [row for row, seq in enumerate(self._rows) if seq is not None and seq.decoding]
