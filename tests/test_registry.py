@@ -74,9 +74,10 @@ def test_real_models_are_registered_and_a_second_run_does_no_work(models_ready, 
     assert {"onnx/model.onnx", "onnx/tokenizer.json", "hf/model.safetensors"} <= set(manifest["artifacts"])
     assert rows["all-minilm-l6-v2", "fp32"].manifest["dimensions"] == 384
 
-    # The CPU variant holds the GGUF's own Q4_1 blocks: smaller, and gated within 2% of fp32.
+    # The served variant holds the GGUF's own Q4_1 blocks in the engine's graphs, gated within 2% of fp32.
     q4 = rows["smollm2-135m-instruct", "q4"]
-    assert q4.manifest["quantization"]["replaced_matmuls"] == 210
+    assert q4.manifest["quantization"]["method"].startswith("lossless Q4_1/Q8_0 repack")
+    assert {"onnx/model.onnx", "onnx/model_lora.onnx", "onnx/tokenizer.json"} <= set(q4.manifest["artifacts"])
     assert chat.perplexity <= q4.perplexity <= chat.perplexity * 1.02
     assert q4.size_bytes < chat.size_bytes / 2
     assert q4.context_length == chat.context_length == 8192
