@@ -7,6 +7,7 @@ it by PEFT, and plain numpy for the dequantized weights.
 import asyncio
 import dataclasses
 import json
+import threading
 
 import numpy as np
 import onnx
@@ -198,12 +199,38 @@ def make_engine(parts, **kwargs) -> Engine:
     return Engine(DecoderSession(parts["dir"], **options), parts["tokenizer"], **kwargs)
 
 
-async def run_request(engine: Engine, request: GenerationRequest, order: list | None = None) -> dict:
+class GatedSession:
+    """The real session, except that each forward pass waits for the test's permission.
+
+    Scheduling tests then interleave deterministically instead of racing a model that runs 150 steps
+    in a few milliseconds.
+    """
+
+    def __init__(self, session: DecoderSession):
+        self._session = session
+        self.steps = threading.Semaphore(0)
+
+    def __getattr__(self, name):
+        return getattr(self._session, name)
+
+    def forward(self, *args, **kwargs):
+        self.steps.acquire()
+        return self._session.forward(*args, **kwargs)
+
+
+async def run_request(
+    engine: Engine,
+    request: GenerationRequest,
+    order: list | None = None,
+    first_token: asyncio.Event | None = None,
+) -> dict:
     handle = engine.submit(request, asyncio.get_running_loop())
     tokens, text, reasons = {}, {}, {}
     while True:
         event = await handle.queue.get()
         if event.kind == "token":
+            if first_token is not None:
+                first_token.set()
             tokens.setdefault(event.index, []).append(event.token.token)
             text[event.index] = text.get(event.index, "") + event.text
         elif event.kind == "finish":
@@ -222,23 +249,30 @@ def greedy(max_tokens: int, **kwargs) -> GenerationRequest:
 
 
 def test_a_short_request_overtakes_a_long_one_and_batching_does_not_change_tokens(engine_parts):
-    engine = make_engine(engine_parts)
+    session = GatedSession(DecoderSession(engine_parts["dir"], max_rows=4, capacity=256))
+    engine = Engine(session, engine_parts["tokenizer"])
 
     async def scenario():
+        session.steps.release(100)
         alone = await run_request(engine, greedy(12))
+        session.steps = threading.Semaphore(1)  # the long request's prefill only
         order: list[int] = []
-        long = asyncio.ensure_future(run_request(engine, greedy(150), order))
-        await asyncio.sleep(0.05)
-        short = await run_request(engine, greedy(12), order)
-        await long
-        return alone, short, order
+        started = asyncio.Event()
+        long = asyncio.ensure_future(run_request(engine, greedy(150), order, started))
+        await started.wait()  # the engine now waits before the long request's first decode step
+        short = asyncio.ensure_future(run_request(engine, greedy(12), order))
+        await asyncio.sleep(0)  # submitted
+        session.steps.release(10_000)
+        return alone, await short, await long, order
 
     try:
-        alone, short, order = asyncio.run(scenario())
+        alone, short, long, order = asyncio.run(scenario())
     finally:
+        session.steps.release(10_000)
         engine.shutdown()
     assert order == [12, 150]  # the short one joined the running batch and left first
     assert short["tokens"] == alone["tokens"]
+    assert long["tokens"][0][:12] == alone["tokens"][0]
     assert short["usage"] == {"prompt_tokens": len(PROMPT), "completion_tokens": 12, "total_tokens": len(PROMPT) + 12}
 
 
@@ -272,16 +306,19 @@ def test_stop_sequences_end_the_text_before_them(engine_parts):
 
 
 def test_cancel_frees_the_rows_and_a_full_queue_refuses(engine_parts):
-    engine = make_engine(engine_parts, max_rows=1, max_queue=1)
+    session = GatedSession(DecoderSession(engine_parts["dir"], max_rows=1, capacity=256))
+    engine = Engine(session, engine_parts["tokenizer"], max_queue=1)
 
     async def scenario():
         loop = asyncio.get_running_loop()
+        session.steps.release(1)  # the prefill, then the engine waits inside the first decode step
         running = engine.submit(greedy(200), loop)
-        await asyncio.sleep(0.1)
+        assert (await running.queue.get()).kind == "token"
         waiting = engine.submit(greedy(5), loop)
         with pytest.raises(QueueFull, match="at capacity"):
             engine.submit(greedy(5), loop)
         engine.cancel(running)
+        session.steps.release(10_000)
         while (event := await running.queue.get()).kind != "done":
             assert event.kind != "error"
         while (event := await waiting.queue.get()).kind != "done":
@@ -291,6 +328,7 @@ def test_cancel_frees_the_rows_and_a_full_queue_refuses(engine_parts):
     try:
         snapshot = asyncio.run(scenario())
     finally:
+        session.steps.release(10_000)
         engine.shutdown()
     assert snapshot["kv_rows_in_use"] == 0 and snapshot["queue_depth"] == 0
     assert snapshot["requests_rejected_total"] == 1
