@@ -8,7 +8,9 @@ from kombu import Exchange, Queue
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.local")
 
-QUEUES = ("default", "ingest", "finetune")
+# `chat` carries answer generation: long, I/O-bound tasks (streaming from the inference server), served
+# by a threaded worker so many answers stream at once while the engine batches them.
+QUEUES = ("default", "ingest", "finetune", "chat")
 
 app = Celery("atelier")
 app.config_from_object("django.conf:settings", namespace="CELERY")
@@ -18,8 +20,8 @@ app.conf.task_queues = [Queue(name, Exchange(name, type="direct"), routing_key=n
 app.autodiscover_tasks()
 
 
-def worker_argv(*, concurrency: int, name: str) -> list[str]:
-    """The command that runs a worker on every product queue (used by `make run` and the tests)."""
+def worker_argv(*, concurrency: int, name: str, queues: tuple[str, ...] = QUEUES, pool: str = "prefork") -> list[str]:
+    """The command that runs a worker (used by `make run` and the tests); by default on every queue."""
     return [
         sys.executable,
         "-m",
@@ -28,7 +30,9 @@ def worker_argv(*, concurrency: int, name: str) -> list[str]:
         "config",
         "worker",
         "-Q",
-        ",".join(QUEUES),
+        ",".join(queues),
+        "--pool",
+        pool,
         "--concurrency",
         str(concurrency),
         "--loglevel",

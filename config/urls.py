@@ -7,5 +7,8 @@ admin.site.site_title = "Atelier admin"
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("accounts/", include("apps.accounts.urls")),
+    path("assistants/", include("apps.assistants.urls")),
+    path("", include("apps.chat.urls")),
+    path("api/v1/", include("apps.api.urls")),
     path("", include("apps.core.urls")),
 ]

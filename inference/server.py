@@ -126,6 +126,16 @@ class EmbeddingRequest(BaseModel):
     encoding_format: Literal["float", "base64"] = "float"
 
 
+class TokenizeRequest(BaseModel):
+    """vLLM's /tokenize: exactly one of `prompt` (raw text) or `messages` (through the chat template)."""
+
+    model: str
+    prompt: str | None = None
+    messages: list[Message] | None = None
+    add_generation_prompt: bool = True
+    return_token_strs: bool = False
+
+
 class AdapterLoad(BaseModel):
     id: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")
     path: str
@@ -212,6 +222,20 @@ def create_app(runtime: Runtime, *, api_key: str | None = None) -> FastAPI:
         for adapter_id in runtime.adapters.loaded if runtime.adapters else []:
             data.append({"id": adapter_id, **entry, "parent": runtime.model_name})
         return {"object": "list", "data": data}
+
+    @app.post("/tokenize")
+    async def tokenize(body: TokenizeRequest):
+        if (body.prompt is None) == (body.messages is None):
+            raise APIError(400, "send exactly one of 'prompt' or 'messages'")
+        if body.messages is not None:
+            messages = [{"role": _role(m.role), "content": m.text()} for m in body.messages]
+            tokens = runtime.tokenizer.chat_prompt(messages, add_generation_prompt=body.add_generation_prompt)
+        else:
+            tokens = runtime.tokenizer.encode(body.prompt)
+        result = {"count": len(tokens), "max_model_len": runtime.engine.capacity, "tokens": tokens}
+        if body.return_token_strs:
+            result["token_strs"] = [runtime.tokenizer.token_text(t) for t in tokens]
+        return result
 
     @app.post("/v1/adapters", status_code=201)
     async def adapter_load(body: AdapterLoad):

@@ -17,9 +17,9 @@ class ChatTokenizer:
     def encode(self, text: str) -> list[int]:
         return self.fast.encode(text, add_special_tokens=False).ids
 
-    def chat_prompt(self, messages: list[dict]) -> list[int]:
-        """Token ids of the conversation, ending with the assistant turn's header."""
-        text = self.hf.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    def chat_prompt(self, messages: list[dict], *, add_generation_prompt: bool = True) -> list[int]:
+        """Token ids of the conversation, ending with the assistant turn's header unless told not to."""
+        text = self.hf.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
         return self.encode(text)
 
     def decode(self, ids: list[int]) -> str:

@@ -2,10 +2,6 @@
 
 import copy
 import json
-import os
-import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -14,7 +10,6 @@ import numpy as np
 import openai
 import pytest
 import torch
-from django.conf import settings
 
 from inference.server import CHAT_MODEL, EMBEDDING_MODEL
 
@@ -23,51 +18,9 @@ pytestmark = pytest.mark.django_db  # the registry rows say where the built mode
 SYSTEM = {"role": "system", "content": "You are a helpful assistant."}
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def real_models(django_db_setup, django_db_blocker):
-    from django.db import connections
-
-    from apps.registry.services import base_models_bootstrap
-
-    with django_db_blocker.unblock():
-        connections.close_all()  # a connection opened before django_db_setup still points at the dev DB
-        results = base_models_bootstrap(progress=lambda *_: None)
-    return {(r.spec.name, r.spec.variant): Path(r.path) for r in results}
-
-
-@pytest.fixture(scope="module")
-def server(real_models):
-    port = _free_port()
-    env = {**os.environ, "INFERENCE_MAX_SEQS": "8", "INFERENCE_CONTEXT": "1024", "INFERENCE_API_KEY": ""}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "inference.server", "--port", str(port), "--models-root", str(settings.MODELS_DIR)],
-        cwd=REPO_ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        assert process.poll() is None, process.stdout.read()
-        try:
-            if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.5)
-    else:
-        process.kill()
-        raise AssertionError("the inference server did not become healthy in 120 s")
-    yield base
-    process.terminate()
-    process.wait(30)
+def server(inference_server) -> str:
+    return inference_server
 
 
 @pytest.fixture

@@ -46,3 +46,29 @@ class User(AbstractUser):
     @property
     def is_admin(self) -> bool:
         return self.role == Role.ADMIN
+
+
+class ApiKey(models.Model):
+    """A personal key for the OpenAI-compatible API. Only a SHA-256 of the key is stored: the key is
+    high-entropy random, so a fast hash is enough, and the clear key is shown once when it is made."""
+
+    user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="api_keys")
+    name = models.CharField(max_length=80)
+    prefix = models.CharField(max_length=16, help_text="The key's first characters, to recognise it by.")
+    hashed_key = models.CharField(max_length=64, unique=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.CheckConstraint(condition=Q(hashed_key__regex=r"^[0-9a-f]{64}$"), name="apikey_sha256_hex")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.prefix}…)"
+
+    @property
+    def active(self) -> bool:
+        return self.revoked_at is None

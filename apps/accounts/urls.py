@@ -4,5 +4,6 @@ from apps.accounts import views
 
 urlpatterns = [
     path("signup/", views.signup, name="signup"),
+    path("api-keys/", views.api_keys, name="api_keys"),
     path("", include("django.contrib.auth.urls")),
 ]

@@ -1,5 +1,6 @@
 from django.contrib import messages
 from django.contrib.auth import login
+from django.contrib.auth.decorators import login_required
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_http_methods
 
@@ -26,3 +27,8 @@ def signup(request):
             messages.success(request, f"Welcome to Atelier, {user.username}.")
             return redirect("dashboard")
     return render(request, "registration/signup.html", {"form": form})
+
+
+@login_required
+def api_keys(request):
+    return render(request, "accounts/api_keys.html", {})

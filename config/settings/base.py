@@ -28,6 +28,10 @@ INSTALLED_APPS = [
     "apps.core",
     "apps.accounts",
     "apps.registry",
+    "apps.knowledge",
+    "apps.assistants",
+    "apps.chat",
+    "apps.api",
 ]
 
 MIDDLEWARE = [

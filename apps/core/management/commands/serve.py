@@ -57,6 +57,8 @@ class Command(BaseCommand):
         python = sys.executable
         settings_env = {"DJANGO_SETTINGS_MODULE": os.environ.get("DJANGO_SETTINGS_MODULE", "config.settings.local")}
         concurrency = os.environ.get("CELERY_CONCURRENCY", "2")
+        # Answers stream concurrently up to what the engine batches (INFERENCE_MAX_SEQS, 16 by default).
+        chat_concurrency = int(os.environ.get("CHAT_CONCURRENCY", "16"))
         programs = []
         inference = urlsplit(settings.INFERENCE_URL)
         if inference.hostname in ("127.0.0.1", "localhost"):  # otherwise INFERENCE_URL names servers run elsewhere
@@ -79,7 +81,16 @@ class Command(BaseCommand):
             )
         return [
             *programs,
-            Program("worker", worker_argv(concurrency=int(concurrency), name="worker@%h"), settings_env),
+            Program(
+                "worker",
+                worker_argv(concurrency=int(concurrency), name="worker@%h", queues=("default", "ingest", "finetune")),
+                settings_env,
+            ),
+            Program(
+                "chat-worker",
+                worker_argv(concurrency=chat_concurrency, name="chat@%h", queues=("chat",), pool="threads"),
+                settings_env,
+            ),
             Program(
                 "web",
                 [

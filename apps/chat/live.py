@@ -1,0 +1,71 @@
+"""A reply's live event stream in Redis, so any number of browser tabs (or a reloaded one) can follow a
+generation that runs in a Celery worker.
+
+Each reply has one Redis stream. The worker appends `token` events as they arrive, then exactly one
+final `done` event; a viewer reads from the start (catching up) and then blocks for more. The database
+holds the same text (flushed a few times a second and at the end), so once the stream expires the
+message row alone tells the whole story. Stop requests travel the other way, as a flag the worker polls.
+"""
+
+import json
+
+import redis
+import redis.asyncio
+from django.conf import settings
+
+STREAM_TTL_SECONDS = 600  # after the answer ends; viewers arriving later read the database
+
+
+def _stream_key(message_id) -> str:
+    return f"atelier:reply:{message_id}"
+
+
+def _stop_key(message_id) -> str:
+    return f"atelier:reply:{message_id}:stop"
+
+
+def _client() -> redis.Redis:
+    return redis.Redis.from_url(settings.REDIS_URL)
+
+
+def reply_events_reset(*, message_id) -> None:
+    """A (re)started generation: viewers drop what they showed so far."""
+    with _client() as client:
+        client.delete(_stream_key(message_id))
+        client.xadd(_stream_key(message_id), {"event": "reset", "data": "{}"})
+        client.expire(_stream_key(message_id), STREAM_TTL_SECONDS * 6)
+
+
+def reply_event_publish(*, message_id, event: str, data: dict, final: bool = False) -> None:
+    with _client() as client:
+        client.xadd(_stream_key(message_id), {"event": event, "data": json.dumps(data)})
+        if final:
+            client.expire(_stream_key(message_id), STREAM_TTL_SECONDS)
+
+
+def reply_stop_request(*, message_id) -> None:
+    with _client() as client:
+        client.set(_stop_key(message_id), "1", ex=STREAM_TTL_SECONDS)
+
+
+def reply_stop_requested(*, message_id) -> bool:
+    with _client() as client:
+        return bool(client.exists(_stop_key(message_id)))
+
+
+async def reply_events_follow(*, message_id, block_ms: int = 15000):
+    """Yield (event, data) from the start of the reply's stream; yields ("idle", {}) after each quiet
+    `block_ms` so the caller can check the database (the stream may have expired, the worker died)."""
+    client = redis.asyncio.Redis.from_url(settings.REDIS_URL)
+    last = "0"
+    try:
+        while True:
+            result = await client.xread({_stream_key(message_id): last}, block=block_ms, count=200)
+            if not result:
+                yield "idle", {}
+                continue
+            for entry_id, fields in result[0][1]:
+                last = entry_id
+                yield fields[b"event"].decode(), json.loads(fields[b"data"])
+    finally:
+        await client.aclose()

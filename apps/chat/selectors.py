@@ -1,0 +1,112 @@
+"""Reads for conversations, and the one place that decides who may open one."""
+
+from dataclasses import dataclass
+
+from django.db.models import Q, QuerySet
+
+from apps.assistants.selectors import can_chat, share_link_valid
+from apps.chat.models import Conversation, Message
+
+
+def message_ancestors(*, message: Message) -> list[Message]:
+    """The branch from the conversation's first message down to `message`, in order."""
+    by_id = {m.pk: m for m in Message.objects.filter(conversation_id=message.conversation_id)}
+    chain, node = [], by_id.get(message.pk, message)
+    while node is not None:
+        chain.append(node)
+        node = by_id.get(node.parent_id)
+    chain.reverse()
+    return chain
+
+
+@dataclass
+class ThreadEntry:
+    message: Message
+    position: int  # 1-based, among its siblings (the versions of this turn)
+    siblings: list[Message]
+
+    @property
+    def previous(self) -> Message | None:
+        return self.siblings[self.position - 2] if self.position > 1 else None
+
+    @property
+    def next(self) -> Message | None:
+        return self.siblings[self.position] if self.position < len(self.siblings) else None
+
+
+def conversation_thread(*, conversation: Conversation, leaf: Message | None = None) -> list[ThreadEntry]:
+    """The branch on screen (or the one through `leaf`), each turn with its sibling versions."""
+    leaf = leaf or conversation.current_leaf
+    if leaf is None:
+        return []
+    messages = list(Message.objects.filter(conversation=conversation).order_by("created_at"))
+    by_id = {m.pk: m for m in messages}
+    children: dict = {}
+    for m in messages:
+        children.setdefault(m.parent_id, []).append(m)
+    entries, node = [], by_id.get(leaf.pk)
+    while node is not None:
+        siblings = children[node.parent_id]
+        entries.append(ThreadEntry(node, siblings.index(node) + 1, siblings))
+        node = by_id.get(node.parent_id)
+    entries.reverse()
+    return entries
+
+
+def conversation_list(*, user=None, session_key: str = "", query: str = "") -> QuerySet[Conversation]:
+    """A person's conversations, newest first, searched in titles and message text."""
+    if user is not None and user.is_authenticated:
+        conversations = Conversation.objects.filter(owner=user)
+    elif session_key:
+        conversations = Conversation.objects.filter(owner__isnull=True, session_key=session_key)
+    else:
+        return Conversation.objects.none()
+    if query.strip():
+        matching = Message.objects.filter(content__icontains=query.strip()).values("conversation_id")
+        conversations = conversations.filter(Q(title__icontains=query.strip()) | Q(pk__in=matching))
+    return conversations.select_related("assistant__current_version")
+
+
+def can_open(*, user, session_key: str, conversation: Conversation) -> bool:
+    """The conversation's owner (or, for an anonymous one, its browser session) may open it, as long as
+    they may still chat with the assistant: a conversation started through a share link ends with it."""
+    if conversation.owner_id is not None:
+        mine = user.is_authenticated and conversation.owner_id == user.pk
+    else:
+        mine = bool(session_key) and conversation.session_key == session_key
+    if not mine:
+        return False
+    assistant = conversation.assistant
+    if conversation.share_token:
+        return can_chat(user=user, assistant=assistant) or share_link_valid(
+            assistant=assistant, token=conversation.share_token
+        )
+    return can_chat(user=user, assistant=assistant)
+
+
+def conversation_get_for_viewer(*, conversation_id, user, session_key: str) -> Conversation | None:
+    conversation = (
+        Conversation.objects.select_related("assistant__current_version", "assistant__owner")
+        .filter(pk=conversation_id)
+        .first()
+    )
+    if conversation is None or not can_open(user=user, session_key=session_key, conversation=conversation):
+        return None
+    return conversation
+
+
+def message_get_for_viewer(*, message_id, user, session_key: str) -> Message | None:
+    message = Message.objects.select_related("conversation__assistant").filter(pk=message_id).first()
+    if message is None or not can_open(user=user, session_key=session_key, conversation=message.conversation):
+        return None
+    return message
+
+
+def conversation_get_by_snapshot(*, token: str) -> Conversation | None:
+    if not token:
+        return None
+    return (
+        Conversation.objects.select_related("assistant__current_version", "snapshot_leaf")
+        .filter(snapshot_token=token)
+        .first()
+    )

@@ -1,0 +1,5 @@
+from django.apps import AppConfig
+
+
+class KnowledgeConfig(AppConfig):
+    name = "apps.knowledge"
