@@ -26,7 +26,7 @@ def _claim(message_id: str) -> Message | None:
     """Mark the answer as streaming, unless it already ended (stopped while queued, or done)."""
     with transaction.atomic():
         reply = (
-            Message.objects.select_for_update()
+            Message.objects.select_for_update(of=("self",))
             .select_related("assistant_version__base_model", "conversation__owner")
             .filter(pk=message_id)
             .first()

@@ -31,9 +31,14 @@ class PromptPlan:
     report: dict = field(default_factory=dict)
 
 
-def instructions_render(*, version: AssistantVersion, user_name: str) -> str:
-    text = version.instructions.strip() or DEFAULT_INSTRUCTIONS
+def instructions_text_render(*, text: str, user_name: str) -> str:
+    """Fill {{date}} and {{user_name}} into instructions that need not be saved yet (the builder's preview)."""
+    text = text.strip() or DEFAULT_INSTRUCTIONS
     return text.replace("{{date}}", timezone.localdate().isoformat()).replace("{{user_name}}", user_name or "there")
+
+
+def instructions_render(*, version: AssistantVersion, user_name: str) -> str:
+    return instructions_text_render(text=version.instructions, user_name=user_name)
 
 
 def _turn(message: Message) -> dict:
@@ -42,6 +47,8 @@ def _turn(message: Message) -> dict:
 
 def prompt_build(*, version: AssistantVersion, history: list[Message], user_name: str) -> PromptPlan:
     """`history` runs from the conversation's first message to the newest user message."""
+    if not history or history[-1].role != Message.Role.USER:
+        raise ValueError("A prompt is built for a question: the history must end with the user's message.")
     model = version.base_model.name
     system = {"role": "system", "content": instructions_render(version=version, user_name=user_name)}
     base = inference_tokenize(model=model, messages=[system], add_generation_prompt=False)

@@ -152,6 +152,7 @@ def conversation_delete(*, conversation: Conversation) -> None:
 @transaction.atomic
 def conversation_snapshot_share(*, conversation: Conversation) -> str:
     """A read-only link to the conversation as it is on screen now (the current branch, frozen)."""
+    conversation = Conversation.objects.select_for_update().get(pk=conversation.pk)
     conversation.snapshot_token = conversation.snapshot_token or secrets.token_urlsafe(24)
     conversation.snapshot_leaf = conversation.current_leaf
     conversation.save(update_fields=["snapshot_token", "snapshot_leaf", "updated_at"])

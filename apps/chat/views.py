@@ -1,16 +1,428 @@
-from django.contrib.auth.decorators import login_required
-from django.shortcuts import render
+"""Chat pages. Every view resolves its conversation or message through a selector that checks the viewer
+(signed-in owner, or the browser session of an anonymous share-link visitor); anything else is a 404,
+so ids cannot be probed."""
 
-from apps.chat.selectors import conversation_list
+import json
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.contrib.auth.views import redirect_to_login
+from django.http import Http404, HttpResponse, JsonResponse, StreamingHttpResponse
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.utils.safestring import mark_safe
+from django.utils.text import slugify
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+
+from apps.assistants.models import Assistant
+from apps.assistants.selectors import assistant_get_by_share_token, can_chat, can_edit
+from apps.chat import services
+from apps.chat.live import reply_events_follow
+from apps.chat.models import Conversation, Message
+from apps.chat.ratelimit import RateLimited, anonymous_message_allow
+from apps.chat.rendering import markdown_render
+from apps.chat.selectors import (
+    conversation_get_by_snapshot,
+    conversation_get_for_viewer,
+    conversation_list,
+    conversation_thread,
+    message_get_for_viewer,
+)
+from apps.core.inference_client import InferenceError, inference_complete, inference_tokenize
+from apps.registry.selectors import base_model_get_ready
+
+
+def _session_key(request, *, create: bool = False) -> str:
+    if create and not request.session.session_key:
+        request.session.save()
+    return request.session.session_key or ""
+
+
+def _conversation_or_404(request, conversation_id) -> Conversation:
+    conversation = conversation_get_for_viewer(
+        conversation_id=conversation_id, user=request.user, session_key=_session_key(request)
+    )
+    if conversation is None:
+        raise Http404("No such conversation.")
+    return conversation
+
+
+def _message_or_404(request, message_id) -> Message:
+    message = message_get_for_viewer(message_id=message_id, user=request.user, session_key=_session_key(request))
+    if message is None:
+        raise Http404("No such message.")
+    return message
+
+
+def _rendered(entries) -> list:
+    for entry in entries:
+        message = entry.message
+        if message.role == Message.Role.ASSISTANT and message.finished:
+            message.html = mark_safe(markdown_render(message.content))  # noqa: S308 (sanitized by nh3)
+    return entries
+
+
+def _client_ip(request) -> str:
+    return request.META.get("REMOTE_ADDR", "")
+
+
+# --- conversations -----------------------------------------------------------------------------------
 
 
 @login_required
 def conversation_list_view(request):
     query = request.GET.get("q", "")
-    conversations = conversation_list(user=request.user, query=query)
+    conversations = conversation_list(user=request.user, query=query)[:200]
     return render(request, "chat/list.html", {"conversations": conversations, "query": query, "nav_active": "chats"})
 
 
+@require_http_methods(["GET", "POST"])
+def conversation_start(request, slug: str):
+    """A new chat with an assistant the signed-in user may use (their own, or a listed public one)."""
+    if not request.user.is_authenticated:
+        return redirect_to_login(request.get_full_path())
+    assistant = Assistant.objects.select_related("current_version").filter(slug=slug).first()
+    if assistant is None or not can_chat(user=request.user, assistant=assistant):
+        raise Http404("No such assistant.")
+    return _start(request, assistant=assistant, share_token="")
+
+
+@require_http_methods(["GET", "POST"])
+def share_start(request, token: str):
+    """The share link: anyone holding it may chat, signed in or (if the site allows) anonymously."""
+    assistant = assistant_get_by_share_token(token=token)
+    if assistant is None:
+        raise Http404("This share link is not valid: it was revoked, it expired, or it never existed.")
+    if not request.user.is_authenticated and not settings.ATELIER_ANONYMOUS_SHARING:
+        return redirect_to_login(request.get_full_path())
+    return _start(request, assistant=assistant, share_token=token)
+
+
+def _start(request, *, assistant: Assistant, share_token: str):
+    content = request.POST.get("content", "") if request.method == "POST" else ""
+    if request.method == "POST":
+        try:
+            if not request.user.is_authenticated:
+                anonymous_message_allow(ip=_client_ip(request))
+            conversation = services.conversation_start(
+                assistant=assistant,
+                owner=request.user if request.user.is_authenticated else None,
+                session_key="" if request.user.is_authenticated else _session_key(request, create=True),
+                share_token=share_token,
+            )
+            services.message_send(conversation=conversation, content=content)
+        except (services.ChatError, RateLimited) as error:
+            messages.error(request, str(error))
+        else:
+            return redirect("chat:conversation", conversation.pk)
+    visitor_conversations = (
+        conversation_list(user=request.user, session_key=_session_key(request)).filter(assistant=assistant)[:20]
+        if share_token
+        else conversation_list(user=request.user).filter(assistant=assistant)[:20]
+    )
+    context = {
+        "assistant": assistant,
+        "version": assistant.current_version,
+        "share_token": share_token,
+        "draft": content,
+        "conversations": visitor_conversations,
+        "is_owner": can_edit(user=request.user, assistant=assistant),
+        "nav_active": "chats",
+    }
+    return render(request, "chat/start.html", context)
+
+
+@never_cache
+@require_GET
+def conversation_detail(request, conversation_id):
+    conversation = _conversation_or_404(request, conversation_id)
+    thread = _rendered(conversation_thread(conversation=conversation))
+    last_answer = next((e.message for e in reversed(thread) if e.message.role == Message.Role.ASSISTANT), None)
+    context = {
+        "conversation": conversation,
+        "assistant": conversation.assistant,
+        "thread": thread,
+        "busy": bool(last_answer and not last_answer.finished),
+        "draft": request.session.pop("chat_draft", ""),
+        "gauge": _gauge(last_answer.context if last_answer else {}),
+        "is_owner": can_edit(user=request.user, assistant=conversation.assistant),
+        "snapshot_url": request.build_absolute_uri(reverse("chat:snapshot", args=[conversation.snapshot_token]))
+        if conversation.snapshot_token
+        else "",
+        "nav_active": "chats",
+    }
+    return render(request, "chat/conversation.html", context)
+
+
+def _gauge(report: dict) -> dict | None:
+    """Shares of the context window, for the gauge under the chat."""
+    window = report.get("window")
+    if not window:
+        return None
+    parts = [
+        ("system", "Instructions", report["system"]),
+        ("knowledge", "Knowledge", report.get("knowledge", 0)),
+        ("history", "Conversation", report["history"]),
+        ("reserved", "Room for the answer", report["reserved"]),
+    ]
+    segments, offset = [], 0.0
+    for kind, label, tokens in parts:
+        percent = round(100 * tokens / window, 2)
+        segments.append({"kind": kind, "label": label, "tokens": tokens, "percent": percent, "offset": offset})
+        offset += percent
+    return {"window": window, "segments": segments, "dropped": report.get("turns_dropped", 0)}
+
+
+@require_POST
+def message_send(request, conversation_id):
+    conversation = _conversation_or_404(request, conversation_id)
+    parent = None
+    if request.POST.get("parent"):
+        parent = Message.objects.filter(conversation=conversation, pk=request.POST["parent"]).first()
+        if parent is None:
+            raise Http404("No such message in this conversation.")
+    try:
+        if not request.user.is_authenticated:
+            anonymous_message_allow(ip=_client_ip(request))
+        services.message_send(conversation=conversation, content=request.POST.get("content", ""), parent=parent)
+    except (services.ChatError, RateLimited) as error:
+        messages.error(request, str(error))
+        request.session["chat_draft"] = request.POST.get("content", "")  # the words are never lost
+    return redirect("chat:conversation", conversation.pk)
+
+
+@require_POST
+def message_edit(request, message_id):
+    message = _message_or_404(request, message_id)
+    try:
+        if not request.user.is_authenticated:
+            anonymous_message_allow(ip=_client_ip(request))
+        services.message_edit(message=message, content=request.POST.get("content", ""))
+    except (services.ChatError, RateLimited) as error:
+        messages.error(request, str(error))
+    return redirect("chat:conversation", message.conversation_id)
+
+
+@require_POST
+def message_regenerate(request, message_id):
+    message = _message_or_404(request, message_id)
+    try:
+        if not request.user.is_authenticated:
+            anonymous_message_allow(ip=_client_ip(request))
+        services.reply_regenerate(message=message)
+    except (services.ChatError, RateLimited) as error:
+        messages.error(request, str(error))
+    return redirect("chat:conversation", message.conversation_id)
+
+
+@require_POST
+def message_stop(request, message_id):
+    message = _message_or_404(request, message_id)
+    try:
+        services.reply_stop(message=message)
+    except services.ChatError as error:
+        return JsonResponse({"error": str(error)}, status=400)
+    if request.headers.get("Accept") == "application/json":
+        return JsonResponse({"stopping": True})
+    return redirect("chat:conversation", message.conversation_id)
+
+
+@require_POST
+def branch_switch(request, message_id):
+    message = _message_or_404(request, message_id)
+    services.conversation_switch_branch(conversation=message.conversation, message=message)
+    return redirect("chat:conversation", message.conversation_id)
+
+
+@require_GET
+def message_tokens(request, message_id):
+    """The answer's tokens with their probabilities and top alternatives, for the token inspector."""
+    message = _message_or_404(request, message_id)
+    return JsonResponse({"id": str(message.pk), "status": message.status, "tokens": message.tokens})
+
+
+@require_POST
+def conversation_rename(request, conversation_id):
+    conversation = _conversation_or_404(request, conversation_id)
+    try:
+        services.conversation_rename(conversation=conversation, title=request.POST.get("title", ""))
+    except services.ChatError as error:
+        messages.error(request, str(error))
+    return redirect("chat:conversation", conversation.pk)
+
+
+@require_POST
+def conversation_delete(request, conversation_id):
+    conversation = _conversation_or_404(request, conversation_id)
+    services.conversation_delete(conversation=conversation)
+    messages.success(request, "Conversation deleted.")
+    return redirect("chat:list" if request.user.is_authenticated else "dashboard")
+
+
+@require_POST
+def conversation_snapshot(request, conversation_id):
+    conversation = _conversation_or_404(request, conversation_id)
+    if request.POST.get("action") == "revoke":
+        services.conversation_snapshot_revoke(conversation=conversation)
+        messages.success(request, "The snapshot link no longer works.")
+    else:
+        services.conversation_snapshot_share(conversation=conversation)
+        messages.success(request, "Snapshot link ready: it shows the conversation as it is now, read-only.")
+    return redirect("chat:conversation", conversation.pk)
+
+
+@require_GET
+def conversation_export(request, conversation_id, fmt: str):
+    if fmt not in ("md", "json"):
+        raise Http404("Exports are .md or .json.")
+    conversation = _conversation_or_404(request, conversation_id)
+    name = slugify(conversation.title) or "conversation"
+    if fmt == "json":
+        body = json.dumps(_export_json(conversation), indent=2, ensure_ascii=False)
+        response = HttpResponse(body, content_type="application/json; charset=utf-8")
+        response["Content-Disposition"] = f'attachment; filename="{name}.json"'
+        return response
+    response = HttpResponse(_export_markdown(conversation), content_type="text/markdown; charset=utf-8")
+    response["Content-Disposition"] = f'attachment; filename="{name}.md"'
+    return response
+
+
+def _export_markdown(conversation: Conversation) -> str:
+    assistant = conversation.assistant.name
+    lines = [f"# {conversation.title or 'Conversation'}", "", f"With **{assistant}**, exported from Atelier.", ""]
+    for entry in conversation_thread(conversation=conversation):
+        who = "You" if entry.message.role == Message.Role.USER else assistant
+        lines += [f"### {who}", "", entry.message.content or f"_({entry.message.get_status_display()})_", ""]
+    return "\n".join(lines)
+
+
+def _export_json(conversation: Conversation) -> dict:
+    """Every message, branches included, as a tree (parent ids); `current_leaf` marks the branch shown."""
+    return {
+        "id": str(conversation.pk),
+        "title": conversation.title,
+        "assistant": conversation.assistant.slug,
+        "created_at": conversation.created_at.isoformat(),
+        "current_leaf": str(conversation.current_leaf_id) if conversation.current_leaf_id else None,
+        "messages": [
+            {
+                "id": str(m.pk),
+                "parent": str(m.parent_id) if m.parent_id else None,
+                "role": m.role,
+                "content": m.content,
+                "status": m.status,
+                "assistant_version": m.assistant_version.number if m.assistant_version else None,
+                "created_at": m.created_at.isoformat(),
+            }
+            for m in conversation.messages.select_related("assistant_version").order_by("created_at")
+        ],
+    }
+
+
+@require_GET
+def snapshot(request, token: str):
+    """A read-only conversation snapshot: the branch as it was when shared, no instructions."""
+    conversation = conversation_get_by_snapshot(token=token)
+    if conversation is None or conversation.snapshot_leaf is None:
+        raise Http404("This snapshot link is not valid.")
+    thread = _rendered(conversation_thread(conversation=conversation, leaf=conversation.snapshot_leaf))
+    context = {"conversation": conversation, "assistant": conversation.assistant, "thread": thread}
+    return render(request, "chat/snapshot.html", context)
+
+
+# --- live answers --------------------------------------------------------------------------------------
+
+
+def _viewer_message(request, message_id) -> Message | None:
+    return message_get_for_viewer(message_id=message_id, user=request.user, session_key=_session_key(request))
+
+
+def _sse(event: str, data: dict) -> str:
+    return f"event: {event}\ndata: {json.dumps(data)}\n\n"
+
+
+def _done_payload(message: Message) -> dict:
+    return {
+        "status": message.status,
+        "html": markdown_render(message.content),
+        "error": message.error,
+        "finish_reason": message.finish_reason,
+        "context": message.context,
+    }
+
+
+async def message_events(request, message_id):
+    """Server-sent events for one answer: every token from the start, then `done` with the sanitized HTML.
+
+    The answer is generated by a worker, not by this request: closing the tab loses nothing, and a
+    reload (or another device) replays the tokens so far and follows the rest.
+    """
+    message = await sync_to_async(_viewer_message)(request, message_id)
+    if message is None:
+        raise Http404("No such message.")
+
+    async def refreshed() -> Message:
+        return await Message.objects.aget(pk=message.pk)
+
+    async def events():
+        if message.finished:
+            yield _sse("done", _done_payload(message))
+            return
+        async for event, data in reply_events_follow(message_id=message.pk, block_ms=3000):
+            if event == "idle":  # quiet: was it stopped in the queue, or did its stream expire?
+                current = await refreshed()
+                if current.finished:
+                    yield _sse("done", _done_payload(current))
+                    return
+                yield ": waiting\n\n"
+                continue
+            yield _sse(event, data)
+            if event == "done":
+                return
+
+    response = StreamingHttpResponse(events(), content_type="text/event-stream")
+    response["Cache-Control"] = "no-cache"
+    response["X-Accel-Buffering"] = "no"  # nginx and friends must not buffer the stream
+    return response
+
+
+# --- the playground ------------------------------------------------------------------------------------
+
+
 @login_required
+@require_http_methods(["GET", "POST"])
 def playground(request):
-    return render(request, "chat/playground.html", {"nav_active": "playground"})
+    """Tokenize any text, and continue raw text with the base model (the "document simulator")."""
+    model = base_model_get_ready(kind="chat")
+    context = {"nav_active": "playground", "text": "", "prompt": "", "max_tokens": 64, "temperature": 0.8}
+    if request.method == "POST" and model is not None:
+        action = request.POST.get("action")
+        try:
+            if action == "tokenize":
+                context["text"] = request.POST.get("text", "")[:20_000]
+                result = inference_tokenize(model=model.name, prompt=context["text"])
+                context["tokens"] = list(zip(result["tokens"], result["token_strs"], strict=True))
+                context["token_count"] = result["count"]
+            elif action == "complete":
+                context["prompt"] = request.POST.get("prompt", "")[:20_000]
+                context["max_tokens"] = max(1, min(int(request.POST.get("max_tokens") or 64), 512))
+                context["temperature"] = max(0.0, min(float(request.POST.get("temperature") or 0.8), 2.0))
+                result = inference_complete(
+                    body={
+                        "model": model.name,
+                        "prompt": context["prompt"],
+                        "max_tokens": context["max_tokens"],
+                        "temperature": context["temperature"],
+                    }
+                )
+                context["completion"] = result["choices"][0]["text"]
+                context["usage"] = result["usage"]
+        except ValueError:
+            messages.error(request, "Max tokens and temperature must be numbers.")
+        except InferenceError as error:
+            messages.error(request, str(error))
+    context["model"] = model
+    return render(request, "chat/playground.html", context)

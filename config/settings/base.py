@@ -104,6 +104,11 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 INFERENCE_URL = env("INFERENCE_URL", default="http://127.0.0.1:8001")
 INFERENCE_API_KEY = env("INFERENCE_API_KEY", default="")
 
+# --- Chat ----------------------------------------------------------------------------------------
+# Share-link visitors may chat without an account; their messages are rate-limited per IP address.
+ATELIER_ANONYMOUS_SHARING = env.bool("ATELIER_ANONYMOUS_SHARING", default=True)
+ATELIER_ANONYMOUS_MESSAGES_PER_HOUR = env.int("ATELIER_ANONYMOUS_MESSAGES_PER_HOUR", default=30)
+
 # --- Accounts ------------------------------------------------------------------------------------
 AUTH_USER_MODEL = "accounts.User"
 LOGIN_URL = "login"

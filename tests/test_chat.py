@@ -1,0 +1,355 @@
+"""Chat: message trees and branches, permissions (IDOR) on every view, share links, and answers generated
+by the real worker with the real model, followed live over server-sent events."""
+
+import json
+import time
+import uuid
+
+import httpx
+import pytest
+from django.test import Client
+from django.urls import reverse
+
+from apps.accounts.services import user_create
+from apps.assistants.models import Visibility
+from apps.assistants.selectors import chat_model_default
+from apps.assistants.services import AssistantConfig, assistant_create, share_link_issue, share_link_revoke
+from apps.chat import services
+from apps.chat.generation import reply_generate
+from apps.chat.models import Conversation, Message
+from apps.chat.prompt import ContextTooSmall, prompt_build
+from apps.chat.selectors import conversation_thread
+
+pytestmark = pytest.mark.django_db
+PASSWORD = "correct horse battery staple"
+
+
+@pytest.fixture
+def chat_model(models_ready):
+    return chat_model_default()
+
+
+def make_user(name: str):
+    return user_create(username=name, email=f"{name}@example.com", password=PASSWORD)
+
+
+def make_assistant(owner, *, visibility=Visibility.PRIVATE, **config):
+    config = {"name": "Helper", "base_model": chat_model_default(), "max_tokens": 24, "temperature": 0.0, **config}
+    return assistant_create(owner=owner, config=AssistantConfig(**config), visibility=visibility)
+
+
+def signed_in(user) -> Client:
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+def finish(reply: Message, content: str = "An answer.") -> Message:
+    """Stand in for the worker where a test is about the tree, not about generation."""
+    Message.objects.filter(pk=reply.pk).update(status=Message.Status.DONE, content=content)
+    reply.refresh_from_db()
+    return reply
+
+
+def wait_until_finished(reply: Message, timeout: float = 120) -> Message:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        reply.refresh_from_db()
+        if reply.finished:
+            return reply
+        time.sleep(0.2)
+    raise AssertionError(f"the answer is still {reply.status} after {timeout} s")
+
+
+# --- the message tree --------------------------------------------------------------------------------
+
+
+def test_edits_and_regenerations_become_branches_and_the_old_ones_stay(chat_model):
+    owner = make_user("ada")
+    conversation = services.conversation_start(assistant=make_assistant(owner), owner=owner)
+    question, reply = services.message_send(conversation=conversation, content="  What is a tensor?  ")
+    assert question.content == "What is a tensor?" and reply.status == Message.Status.PENDING
+    with pytest.raises(services.ChatError, match="Wait for the answer"):
+        services.message_send(conversation=conversation, content="And a matrix?")
+    finish(reply)
+
+    edited, edited_reply = services.message_edit(message=question, content="What is a vector?")
+    second_reply = services.reply_regenerate(message=finish(edited_reply))
+    conversation.refresh_from_db()
+    thread = conversation_thread(conversation=conversation)
+    assert [e.message for e in thread] == [edited, second_reply]
+    assert (thread[0].position, len(thread[0].siblings)) == (2, 2)  # the original question is version 1
+    assert (thread[1].position, len(thread[1].siblings)) == (2, 2)
+
+    services.conversation_switch_branch(conversation=conversation, message=question)
+    conversation.refresh_from_db()
+    assert [e.message.pk for e in conversation_thread(conversation=conversation)] == [question.pk, reply.pk]
+    assert conversation.title == "What is a tensor?"
+
+
+def test_an_empty_or_huge_message_is_refused_and_stopping_a_queued_answer_keeps_the_question(chat_model):
+    owner = make_user("ada")
+    conversation = services.conversation_start(assistant=make_assistant(owner), owner=owner)
+    with pytest.raises(services.ChatError, match="empty"):
+        services.message_send(conversation=conversation, content="   ")
+    with pytest.raises(services.ChatError, match="limit"):
+        services.message_send(conversation=conversation, content="x" * 40_000)
+    question, reply = services.message_send(conversation=conversation, content="Hello")
+    services.reply_stop(message=reply)
+    reply.refresh_from_db()
+    assert reply.status == Message.Status.STOPPED
+    assert reply_generate(message_id=str(reply.pk)) == "skipped"  # the worker finds it already ended
+    assert Message.objects.get(pk=question.pk).content == "Hello"
+
+
+def test_the_json_export_holds_every_branch_and_markdown_the_one_on_screen(chat_model):
+    owner = make_user("ada")
+    conversation = services.conversation_start(assistant=make_assistant(owner), owner=owner)
+    question, reply = services.message_send(conversation=conversation, content="First question")
+    finish(reply, "First answer")
+    services.message_edit(message=question, content="Second question")
+    client = signed_in(owner)
+    exported = json.loads(client.get(reverse("chat:export", args=[conversation.pk, "json"])).content)
+    assert [m["content"] for m in exported["messages"] if m["role"] == "user"] == ["First question", "Second question"]
+    assert exported["messages"][1]["parent"] == exported["messages"][0]["id"]
+    markdown = client.get(reverse("chat:export", args=[conversation.pk, "md"])).content.decode()
+    assert "### You\n\nSecond question" in markdown
+    assert markdown.count("First question") == 1  # only as the title: the first branch is not on screen
+
+
+def test_search_finds_conversations_by_title_and_by_message_text(chat_model):
+    owner = make_user("ada")
+    assistant = make_assistant(owner)
+    for text in ("Tell me about otters", "Photosynthesis, briefly"):
+        conversation = services.conversation_start(assistant=assistant, owner=owner)
+        _, reply = services.message_send(conversation=conversation, content=text)
+        finish(reply, "They hold hands while sleeping." if "otters" in text else "Light to sugar.")
+    client = signed_in(owner)
+    assert "otters" in client.get(reverse("chat:list"), {"q": "otters"}).content.decode()
+    page = client.get(reverse("chat:list"), {"q": "sugar"}).content.decode()
+    assert "Photosynthesis" in page and "otters" not in page
+
+
+# --- permissions -------------------------------------------------------------------------------------
+
+
+def test_another_user_cannot_touch_a_conversation_by_id(chat_model):
+    owner, intruder = make_user("ada"), make_user("mallory")
+    conversation = services.conversation_start(assistant=make_assistant(owner), owner=owner)
+    question, reply = services.message_send(conversation=conversation, content="My secret plans")
+    finish(reply, "Secret answer")
+    client = signed_in(intruder)
+    c, q, r = conversation.pk, question.pk, reply.pk
+    reads = [
+        reverse("chat:conversation", args=[c]),
+        reverse("chat:export", args=[c, "md"]),
+        reverse("chat:export", args=[c, "json"]),
+        reverse("chat:tokens", args=[r]),
+        reverse("chat:start", args=[conversation.assistant.slug]),
+    ]
+    writes = [
+        (reverse("chat:send", args=[c]), {"content": "hijack"}),
+        (reverse("chat:rename", args=[c]), {"title": "pwned"}),
+        (reverse("chat:snapshot_manage", args=[c]), {}),
+        (reverse("chat:edit", args=[q]), {"content": "hijack"}),
+        (reverse("chat:regenerate", args=[r]), {}),
+        (reverse("chat:stop", args=[r]), {}),
+        (reverse("chat:branch", args=[q]), {}),
+        (reverse("chat:delete", args=[c]), {}),
+    ]
+    for url in reads:
+        assert client.get(url).status_code == 404, url
+    for url, data in writes:
+        assert client.post(url, data).status_code == 404, url
+    assert Client().get(reverse("chat:conversation", args=[c])).status_code == 404  # nor an anonymous visitor
+    assert client.get(reverse("chat:conversation", args=[uuid.uuid4()])).status_code == 404
+    conversation.refresh_from_db()
+    assert conversation.title == "My secret plans" and conversation.snapshot_token is None
+    assert conversation.messages.count() == 2
+
+
+def test_forms_need_the_csrf_token(chat_model):
+    owner = make_user("ada")
+    conversation = services.conversation_start(assistant=make_assistant(owner), owner=owner)
+    _, reply = services.message_send(conversation=conversation, content="Hi")
+    finish(reply)
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(owner)
+    c = conversation.pk
+    for url in (
+        reverse("chat:send", args=[c]),
+        reverse("chat:rename", args=[c]),
+        reverse("chat:delete", args=[c]),
+        reverse("chat:snapshot_manage", args=[c]),
+        reverse("chat:regenerate", args=[reply.pk]),
+        reverse("chat:stop", args=[reply.pk]),
+        reverse("chat:start", args=[conversation.assistant.slug]),
+    ):
+        assert client.post(url, {"content": "x", "title": "x"}).status_code == 403, url
+    assert Conversation.objects.filter(pk=c).exists()
+
+
+def test_a_share_link_lets_a_visitor_chat_until_it_is_revoked_or_expires(chat_model, settings):
+    owner = make_user("ada")
+    assistant = make_assistant(owner, visibility=Visibility.LINK, instructions="SECRET-INSTRUCTIONS")
+    token = assistant.share_token
+    visitor = Client()
+    page = visitor.get(reverse("chat:share", args=[token]))
+    assert page.status_code == 200 and "SECRET-INSTRUCTIONS" not in page.content.decode()
+    response = visitor.post(reverse("chat:share", args=[token]), {"content": "Hello there"})
+    conversation = Conversation.objects.get(share_token=token)
+    assert response.url == reverse("chat:conversation", args=[conversation.pk])
+    assert conversation.owner is None and conversation.session_key
+    assert visitor.get(response.url).status_code == 200
+    assert Client().get(response.url).status_code == 404  # another browser, no session: nothing
+    assert signed_in(owner).get(response.url).status_code == 404  # the owner doesn't read visitors' chats
+
+    new_token = share_link_issue(assistant=assistant)
+    assert visitor.get(response.url).status_code == 404  # the old link, and its conversations, are gone
+    assert visitor.get(reverse("chat:share", args=[token])).status_code == 404
+    assert visitor.get(reverse("chat:share", args=[new_token])).status_code == 200
+    share_link_revoke(assistant=assistant)
+    assert visitor.get(reverse("chat:share", args=[new_token])).status_code == 404
+
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    expiring = share_link_issue(assistant=assistant, expires_at=timezone.now() + timedelta(seconds=1))
+    assert visitor.get(reverse("chat:share", args=[expiring])).status_code == 200
+    time.sleep(1.1)
+    assert visitor.get(reverse("chat:share", args=[expiring])).status_code == 404
+
+    settings.ATELIER_ANONYMOUS_SHARING = False
+    fresh = share_link_issue(assistant=assistant)
+    assert Client().get(reverse("chat:share", args=[fresh])).status_code == 302  # to the login page
+    assert signed_in(make_user("bob")).get(reverse("chat:share", args=[fresh])).status_code == 200
+
+
+def test_anonymous_visitors_are_rate_limited_per_address(chat_model, settings):
+    settings.ATELIER_ANONYMOUS_MESSAGES_PER_HOUR = 2
+    owner = make_user("ada")
+    assistant = make_assistant(owner, visibility=Visibility.LINK)
+    visitor = Client(REMOTE_ADDR=f"10.0.{uuid.uuid4().int % 250}.{uuid.uuid4().int % 250}")
+    url = reverse("chat:share", args=[assistant.share_token])
+    assert visitor.post(url, {"content": "one"}).status_code == 302
+    assert visitor.post(url, {"content": "two"}).status_code == 302
+    refused = visitor.post(url, {"content": "three"})
+    assert refused.status_code == 200 and "messages an hour" in refused.content.decode()
+    assert "three" in refused.content.decode()  # the words stay in the box
+    assert Message.objects.filter(role="user").count() == 2
+
+
+def test_a_snapshot_shows_the_branch_as_it_was_read_only(chat_model):
+    owner = make_user("ada")
+    conversation = services.conversation_start(assistant=make_assistant(owner), owner=owner)
+    _, reply = services.message_send(conversation=conversation, content="Before sharing")
+    finish(reply, "**bold** <script>alert(1)</script>")
+    token = services.conversation_snapshot_share(conversation=conversation)
+    services.message_send(conversation=conversation, content="After sharing")
+    page = Client().get(reverse("chat:snapshot", args=[token])).content.decode()
+    assert "Before sharing" in page and "After sharing" not in page
+    assert "<strong>bold</strong>" in page and "<script>alert(1)" not in page
+    assert "csrfmiddlewaretoken" not in page  # no forms: read-only
+    services.conversation_snapshot_revoke(conversation=conversation)
+    assert Client().get(reverse("chat:snapshot", args=[token])).status_code == 404
+
+
+# --- generation with the real model ------------------------------------------------------------------
+
+
+def test_context_budget_drops_the_oldest_turns_and_refuses_a_message_that_cannot_fit(chat_model, inference_server):
+    owner = make_user("ada")
+    assistant = make_assistant(owner, max_tokens=200)
+    conversation = services.conversation_start(assistant=assistant, owner=owner)
+    for i in range(6):
+        _, reply = services.message_send(conversation=conversation, content=f"Question {i}: " + "lorem ipsum " * 40)
+        finish(reply, f"Answer {i}: " + "dolor sit amet " * 40)
+    _, reply = services.message_send(conversation=conversation, content="And the last question?")
+    conversation.refresh_from_db()
+    history = [e.message for e in conversation_thread(conversation=conversation)][:-1]
+    plan = prompt_build(version=assistant.current_version, history=history, user_name="ada")
+    report = plan.report
+    assert report["window"] == 1024 and report["reserved"] == 200
+    assert report["turns_dropped"] > 0 and report["turns_included"] + report["turns_dropped"] == len(history)
+    assert report["prompt"] + report["reserved"] <= report["window"]
+    assert plan.messages[-1]["content"] == "And the last question?"
+    assert plan.messages[1]["role"] == "user"  # history never opens with an orphaned answer
+    assert all(m.token_count for m in history)
+
+    huge = services.conversation_start(assistant=assistant, owner=owner)
+    _, reply = services.message_send(conversation=huge, content="word " * 3000)
+    with pytest.raises(ContextTooSmall, match="context window"):
+        prompt_build(version=assistant.current_version, history=[reply.parent], user_name="ada")
+    assert reply_generate(message_id=str(reply.pk)) == Message.Status.ERROR
+    reply.refresh_from_db()
+    assert "context window" in reply.error and Message.objects.get(pk=reply.parent_id).content.startswith("word")
+
+
+def test_an_answer_when_the_engine_is_down_fails_clearly_and_keeps_the_question(chat_model, settings):
+    settings.INFERENCE_URL = "http://127.0.0.1:9"  # nothing listens there
+    owner = make_user("ada")
+    conversation = services.conversation_start(assistant=make_assistant(owner), owner=owner)
+    _, reply = services.message_send(conversation=conversation, content="Anyone there?")
+    assert reply_generate(message_id=str(reply.pk)) == Message.Status.ERROR
+    reply.refresh_from_db()
+    assert "not reachable" in reply.error
+    page = signed_in(owner).get(reverse("chat:conversation", args=[conversation.pk])).content.decode()
+    assert "not reachable" in page and "Anyone there?" in page and "Retry" in page
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+def test_the_worker_answers_with_the_real_model_and_viewers_follow_it_live(chat_model, web_server):
+    owner = make_user("ada")
+    assistant = make_assistant(owner, instructions="You are a geography teacher. Today is {{date}}.", max_tokens=40)
+    conversation = services.conversation_start(assistant=assistant, owner=owner)
+    _, reply = services.message_send(conversation=conversation, content="What is the capital of France?")
+
+    client = signed_in(owner)  # the session cookie is valid for the live server too: same database
+    cookies = {"sessionid": client.cookies["sessionid"].value}
+    events = []
+    with httpx.stream("GET", f"{web_server}/m/{reply.pk}/events", cookies=cookies, timeout=120) as response:
+        assert response.status_code == 200 and response.headers["content-type"].startswith("text/event-stream")
+        kind = None
+        for line in response.iter_lines():
+            if line.startswith("event:"):
+                kind = line[6:].strip()
+            elif line.startswith("data:"):
+                events.append((kind, json.loads(line[5:])))
+                if kind == "done":
+                    break
+    reply = wait_until_finished(reply)
+    streamed = "".join(data["text"] for kind, data in events if kind == "token")
+    assert events[-1][0] == "done" and events[-1][1]["status"] == "done"
+    assert reply.status == Message.Status.DONE and "Paris" in reply.content
+    assert streamed == reply.content
+    assert len(reply.tokens) > 1
+    text, logprob, alternatives = reply.tokens[0]
+    assert text in reply.content and logprob <= 0
+    assert len(alternatives) == 5 and alternatives[0][1] >= alternatives[-1][1]
+    assert reply.context["prompt"] > 0 and reply.context["turns_dropped"] == 0
+
+    # A viewer who arrives after the end gets the whole answer at once, rendered and sanitized.
+    with httpx.stream("GET", f"{web_server}/m/{reply.pk}/events", cookies=cookies, timeout=30) as response:
+        body = response.read().decode()
+    assert body.startswith("event: done") and "Paris" in body
+    # ... and a stranger gets nothing.
+    assert httpx.get(f"{web_server}/m/{reply.pk}/events", timeout=30).status_code == 404
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+def test_stop_keeps_the_partial_answer(chat_model, celery_worker_process):
+    owner = make_user("ada")
+    assistant = make_assistant(owner, max_tokens=400, temperature=0.7)
+    conversation = services.conversation_start(assistant=assistant, owner=owner)
+    _, reply = services.message_send(conversation=conversation, content="Write a long story about a lighthouse.")
+    deadline = time.monotonic() + 120
+    while len(Message.objects.get(pk=reply.pk).content) < 20:
+        assert time.monotonic() < deadline, "no tokens arrived"
+        time.sleep(0.1)
+    services.reply_stop(message=reply)
+    reply = wait_until_finished(reply)
+    assert reply.status == Message.Status.STOPPED and reply.finish_reason == "stopped"
+    assert len(reply.content) >= 20 and len(reply.tokens) < 400
