@@ -6,21 +6,14 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint format lock vendor screenshot clean bench
+.PHONY: install browser run test lint format lock vendor screenshot clean bench
 
 install: $(STAMP)
 
 # Re-installs only when a requirements file changes. torch first: its CPU wheel lies on local disk,
 # and letting another package pull it in would fetch a multi-GB CUDA build instead.
-# The browser tests drive Debian's chromium through Playwright, which must never download a browser:
-# apt installs it when /usr/bin/chromium is missing (as root, else through sudo).
 $(STAMP): requirements/base.txt requirements/dev.txt requirements/models.txt requirements/lock.txt
 	@command -v $(PYTHON) >/dev/null || { echo "Atelier needs Python 3.11 ($(PYTHON)) on PATH." >&2; exit 1; }
-	@test -x /usr/bin/chromium || { \
-	  if [ "$$(id -u)" = 0 ]; then SUDO=; elif command -v sudo >/dev/null; then SUDO=sudo; \
-	  else echo "The browser tests need Debian's chromium: run 'apt-get install chromium' as root." >&2; exit 1; fi; \
-	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium \
-	    || { echo "Could not install chromium with apt-get; install Debian's chromium package and retry." >&2; exit 1; }; }
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q "torch==2.13.0" -c requirements/lock.txt
@@ -31,7 +24,17 @@ $(STAMP): requirements/base.txt requirements/dev.txt requirements/models.txt req
 run: install
 	$(PY) manage.py serve
 
-test: install
+# The browser tests drive Debian's chromium through Playwright, which must never download a browser:
+# apt installs it when /usr/bin/chromium is missing (as root, else through sudo). Only `make test`
+# needs it, so `make run` still needs no root.
+browser:
+	@test -x /usr/bin/chromium || { \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; elif command -v sudo >/dev/null; then SUDO=sudo; \
+	  else echo "The browser tests need Debian's chromium: run 'apt-get install chromium' as root." >&2; exit 1; fi; \
+	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium \
+	    || { echo "Could not install chromium with apt-get; install Debian's chromium package and retry." >&2; exit 1; }; }
+
+test: install browser
 	$(PY) -m pytest
 
 # Atelier's engine against llama.cpp and transformers on this machine; writes bench/results.md.
