@@ -353,3 +353,18 @@ def test_stop_keeps_the_partial_answer(chat_model, celery_worker_process):
     reply = wait_until_finished(reply)
     assert reply.status == Message.Status.STOPPED and reply.finish_reason == "stopped"
     assert len(reply.content) >= 20 and len(reply.tokens) < 400
+
+
+def test_an_answer_whose_worker_vanished_is_marked_failed_and_can_be_retried(chat_model):
+    owner = make_user("ada")
+    conversation = services.conversation_start(assistant=make_assistant(owner), owner=owner)
+    _, reply = services.message_send(conversation=conversation, content="Hello")
+    from django.utils import timezone
+
+    Message.objects.filter(pk=reply.pk).update(
+        status=Message.Status.STREAMING, content="Half an ans", updated_at=timezone.now() - services.ABANDONED_AFTER
+    )
+    page = signed_in(owner).get(reverse("chat:conversation", args=[conversation.pk])).content.decode()
+    reply.refresh_from_db()
+    assert reply.status == Message.Status.ERROR and reply.content == "Half an ans"
+    assert "worker stopped" in page and "Retry" in page

@@ -3,8 +3,15 @@
 import secrets
 
 from django.db import transaction
+from django.utils import timezone
 
-from apps.accounts.models import Role, User
+from apps.accounts.models import ApiKey, Role, User
+from apps.accounts.selectors import api_key_hash
+
+API_KEY_PREFIX = "atl_"
+API_KEY_SHOWN_CHARS = 12  # stored in clear as `prefix`, to recognise a key by
+API_KEY_NAME_MAX = 80
+MAX_ACTIVE_API_KEYS = 20
 
 
 class AccountError(Exception):
@@ -46,3 +53,28 @@ def admin_ensure(*, username: str, password: str | None) -> tuple[User, str | No
         user.set_password(password)
         user.save(update_fields=["password"])
     return user, generated
+
+
+@transaction.atomic
+def api_key_create(*, user: User, name: str) -> tuple[ApiKey, str]:
+    """Make a key for `user`. Returns the row and the clear key, which is never stored: show it once."""
+    name = name.strip()
+    if not name:
+        raise AccountError("Give the key a name, so you can tell it apart later.")
+    if len(name) > API_KEY_NAME_MAX:
+        raise AccountError(f"A key's name is at most {API_KEY_NAME_MAX} characters.")
+    User.objects.select_for_update().filter(pk=user.pk).first()  # serialise the count below per user
+    if ApiKey.objects.filter(user=user, revoked_at__isnull=True).count() >= MAX_ACTIVE_API_KEYS:
+        raise AccountError(f"You have {MAX_ACTIVE_API_KEYS} active keys already. Revoke one you no longer use.")
+    raw_key = API_KEY_PREFIX + secrets.token_urlsafe(32)
+    api_key = ApiKey.objects.create(
+        user=user, name=name, prefix=raw_key[:API_KEY_SHOWN_CHARS], hashed_key=api_key_hash(raw_key=raw_key)
+    )
+    return api_key, raw_key
+
+
+@transaction.atomic
+def api_key_revoke(*, api_key: ApiKey) -> None:
+    """Revoke a key for good; revoking it again keeps the first revocation's time."""
+    ApiKey.objects.filter(pk=api_key.pk, revoked_at__isnull=True).update(revoked_at=timezone.now())
+    api_key.refresh_from_db(fields=["revoked_at"])

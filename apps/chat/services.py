@@ -3,14 +3,19 @@ are never lost to a model failure, and the answer is generated in a worker wheth
 watching (reload, switch chats or devices: it keeps streaming)."""
 
 import secrets
+from datetime import timedelta
 
 from django.db import transaction
+from django.utils import timezone
 
 from apps.assistants.models import Assistant
 from apps.chat.live import reply_stop_request
 from apps.chat.models import Conversation, Message
 
 MAX_MESSAGE_CHARS = 32_000
+# A streaming answer saves several times a second, and the engine client gives up after 120 s of
+# silence; an answer quiet for longer lost its worker (killed, or the machine went away).
+ABANDONED_AFTER = timedelta(seconds=150)
 TITLE_CHARS = 60
 
 
@@ -118,6 +123,19 @@ def reply_stop(*, message: Message) -> None:
     Message.objects.filter(pk=message.pk, status=Message.Status.PENDING).update(
         status=Message.Status.STOPPED, finish_reason="stopped"
     )
+
+
+def reply_fail_if_abandoned(*, message: Message) -> Message:
+    """Mark an answer whose worker vanished mid-stream as failed (keeping its text), so it can be retried."""
+    if message.status == Message.Status.STREAMING and message.updated_at < timezone.now() - ABANDONED_AFTER:
+        Message.objects.filter(pk=message.pk, status=Message.Status.STREAMING).update(
+            status=Message.Status.ERROR,
+            finish_reason="error",
+            error="The worker stopped while writing this answer. Retry to generate it again.",
+            updated_at=timezone.now(),
+        )
+        message.refresh_from_db()
+    return message
 
 
 @transaction.atomic

@@ -139,6 +139,8 @@ def _start(request, *, assistant: Assistant, share_token: str):
 @require_GET
 def conversation_detail(request, conversation_id):
     conversation = _conversation_or_404(request, conversation_id)
+    for entry in conversation_thread(conversation=conversation):
+        services.reply_fail_if_abandoned(message=entry.message)
     thread = _rendered(conversation_thread(conversation=conversation))
     last_answer = next((e.message for e in reversed(thread) if e.message.role == Message.Role.ASSISTANT), None)
     context = {
@@ -365,7 +367,8 @@ async def message_events(request, message_id):
         raise Http404("No such message.")
 
     async def refreshed() -> Message:
-        return await Message.objects.aget(pk=message.pk)
+        current = await Message.objects.aget(pk=message.pk)
+        return await sync_to_async(services.reply_fail_if_abandoned)(message=current)
 
     async def events():
         if message.finished:
