@@ -11,10 +11,11 @@ def _compose() -> dict:
 
 def test_compose_names_the_production_services():
     services = _compose()["services"]
-    assert {"postgres", "redis", "web", "worker", "inference"} <= set(services)
+    assert {"postgres", "redis", "web", "worker", "chat-worker", "inference"} <= set(services)
+    assert "chat" in services["chat-worker"]["command"] and "threads" in services["chat-worker"]["command"]
     assert services["postgres"]["image"] == "pgvector/pgvector:pg16"
     assert services["redis"]["image"].startswith("redis:7")
-    for name in ("postgres", "redis", "web", "worker", "inference"):
+    for name in ("postgres", "redis", "web", "worker", "chat-worker", "inference"):
         assert "healthcheck" in services[name], name
 
 
