@@ -368,3 +368,18 @@ def test_an_answer_whose_worker_vanished_is_marked_failed_and_can_be_retried(cha
     reply.refresh_from_db()
     assert reply.status == Message.Status.ERROR and reply.content == "Half an ans"
     assert "worker stopped" in page and "Retry" in page
+
+
+def test_the_playground_tokenizes_and_continues_raw_text(chat_model, inference_server):
+    client = signed_in(make_user("ada"))
+    page = client.post(reverse("chat:playground"), {"action": "tokenize", "text": "Hello world"}).content.decode()
+    assert "2 tokens" in page and "19556" in page  # SmolLM2's id for "Hello"
+    page = client.post(
+        reverse("chat:playground"),
+        {"action": "complete", "prompt": "The capital of France is", "max_tokens": "5", "temperature": "0"},
+    ).content.decode()
+    assert "Paris" in page and "5 generated" in page
+    assert (
+        client.post(reverse("chat:playground"), {"action": "complete", "prompt": "x", "max_tokens": "many"}).status_code
+        == 200
+    )

@@ -124,6 +124,16 @@ def assistant_update(
 
 @transaction.atomic
 def assistant_delete(*, assistant: Assistant) -> None:
+    """Delete the assistant with its versions and every conversation with it.
+
+    Versions are PROTECTed against deletion while anything points at them (answers record the version
+    that wrote them), so the conversations go first, then the pointer to the current version."""
+    from apps.chat.models import Conversation
+
+    Conversation.objects.filter(assistant=assistant).update(current_leaf=None, snapshot_leaf=None)
+    Conversation.objects.filter(assistant=assistant).delete()
+    assistant.current_version = None
+    assistant.save(update_fields=["current_version"])
     assistant.delete()
 
 

@@ -1,15 +1,355 @@
+"""The assistant builder: list, create, edit (beside a live preview), avatar, share link, delete, gallery, report.
+
+Every view that takes a slug checks the object permission itself, and answers 404 (never 403) for an
+assistant the user may not see, so addresses cannot be probed.
+"""
+
+import json
+from pathlib import Path
+
+import httpx
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.shortcuts import render
+from django.contrib.auth.views import redirect_to_login
+from django.http import FileResponse, Http404, JsonResponse, StreamingHttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from apps.assistants.selectors import assistant_list_owned, gallery_list
+from apps.assistants.forms import AssistantForm, AvatarForm, ReportForm, ShareIssueForm
+from apps.assistants.models import Assistant
+from apps.assistants.selectors import (
+    assistant_list_owned,
+    can_chat,
+    can_edit,
+    gallery_list,
+    share_link_valid,
+)
+from apps.assistants.services import (
+    AssistantError,
+    assistant_avatar_set,
+    assistant_create,
+    assistant_delete,
+    assistant_report,
+    assistant_update,
+    share_link_issue,
+    share_link_revoke,
+)
+from apps.chat.prompt import instructions_text_render
+from apps.core.inference_client import CONNECT_TIMEOUT, READ_TIMEOUT
+
+PREVIEW_MAX_TURNS = 40
+PREVIEW_MAX_CHARS = 8000
+VERSION_HISTORY_SHOWN = 50
+
+
+def _owned_or_404(request, slug: str) -> Assistant:
+    """The signed-in user's own assistant; anyone else's (private or not) is a 404."""
+    return get_object_or_404(assistant_list_owned(user=request.user), slug=slug)
+
+
+def _share_url(request, token: str) -> str:
+    return request.build_absolute_uri(reverse("chat:share", args=[token]))
+
+
+def _errors_text(form) -> str:
+    return " ".join(str(error) for errors in form.errors.values() for error in errors)
 
 
 @login_required
+@require_GET
 def assistant_list(request):
-    return render(request, "assistants/list.html", {"assistants": assistant_list_owned(user=request.user)})
+    context = {"assistants": assistant_list_owned(user=request.user), "nav_active": "assistants"}
+    return render(request, "assistants/list.html", context)
 
 
 @login_required
+@require_http_methods(["GET", "POST"])
+def assistant_create_view(request):
+    form = AssistantForm(request.POST or None, owner=request.user)
+    if request.method == "POST" and form.is_valid():
+        try:
+            assistant = assistant_create(
+                owner=request.user,
+                config=form.config(),
+                visibility=form.cleaned_data["visibility"],
+                slug=form.cleaned_data["slug"],
+            )
+        except AssistantError as error:
+            form.add_error(None, str(error))
+        else:
+            messages.success(request, "Saved version 1.")
+            return redirect("assistants:edit", slug=assistant.slug)
+    return render(request, "assistants/form.html", {"form": form, "nav_active": "assistants"})
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def assistant_edit(request, slug: str):
+    assistant = _owned_or_404(request, slug)
+    if request.method == "POST":
+        form = AssistantForm(request.POST, owner=request.user, assistant=assistant)
+        if form.is_valid():
+            try:
+                version = assistant_update(
+                    assistant=assistant,
+                    actor=request.user,
+                    config=form.config(),
+                    visibility=form.cleaned_data["visibility"],
+                )
+            except AssistantError as error:
+                form.add_error(None, str(error))
+            else:
+                messages.success(request, f"Saved version {version.number}.")
+                return redirect("assistants:edit", slug=assistant.slug)
+    else:
+        form = AssistantForm(initial=AssistantForm.initial_for(assistant), owner=request.user, assistant=assistant)
+    context = {
+        "assistant": assistant,
+        "form": form,
+        "avatar_form": AvatarForm(),
+        "share_form": ShareIssueForm(),
+        "share_url": _share_url(request, assistant.share_token) if assistant.share_token else "",
+        "share_active": share_link_valid(assistant=assistant, token=assistant.share_token or ""),
+        "versions": assistant.versions.select_related("base_model")[:VERSION_HISTORY_SHOWN],
+        "chat_url": reverse("chat:start", args=[assistant.slug]),
+        "nav_active": "assistants",
+    }
+    return render(request, "assistants/form.html", context)
+
+
+@login_required
+@require_POST
+def assistant_avatar(request, slug: str):
+    assistant = _owned_or_404(request, slug)
+    form = AvatarForm(request.POST, request.FILES)
+    if not form.is_valid():
+        messages.error(request, _errors_text(form) or "Choose an image to upload.")
+    else:
+        try:
+            assistant_avatar_set(assistant=assistant, upload=form.cleaned_data["avatar"])
+        except AssistantError as error:
+            messages.error(request, str(error))
+        else:
+            messages.success(request, "Avatar updated.")
+    return redirect("assistants:edit", slug=assistant.slug)
+
+
+@require_GET
+def assistant_avatar_image(request, slug: str):
+    """For whoever may see the assistant: its owner, anyone signed in for a listed public one, or the
+    holder of a valid share link (`?share=`; anonymously too where the share page allows visitors)."""
+    token = request.GET.get("share", "")
+    if not request.user.is_authenticated and not (token and settings.ATELIER_ANONYMOUS_SHARING):
+        return redirect_to_login(request.get_full_path())
+    assistant = get_object_or_404(Assistant, slug=slug)
+    visible = can_chat(user=request.user, assistant=assistant) or (
+        bool(token) and share_link_valid(assistant=assistant, token=token)
+    )
+    if not visible or not assistant.avatar:
+        raise Http404("No avatar.")
+    media_root = Path(settings.MEDIA_ROOT).resolve()
+    path = (media_root / assistant.avatar).resolve()
+    if not path.is_relative_to(media_root) or not path.is_file():
+        raise Http404("No avatar.")
+    response = FileResponse(path.open("rb"), content_type="image/png")
+    response["X-Content-Type-Options"] = "nosniff"
+    response["Content-Disposition"] = "inline"
+    response["Cache-Control"] = "private, max-age=300"
+    return response
+
+
+@login_required
+@require_POST
+def share_issue(request, slug: str):
+    assistant = _owned_or_404(request, slug)
+    form = ShareIssueForm(request.POST)
+    if not form.is_valid():
+        messages.error(request, _errors_text(form))
+        return redirect("assistants:edit", slug=assistant.slug)
+    try:
+        share_link_issue(assistant=assistant, expires_at=form.expiry())
+    except AssistantError as error:
+        messages.error(request, str(error))
+    else:
+        messages.success(request, "Issued a new share link. The previous link no longer works.")
+    return redirect("assistants:edit", slug=assistant.slug)
+
+
+@login_required
+@require_POST
+def share_revoke(request, slug: str):
+    assistant = _owned_or_404(request, slug)
+    share_link_revoke(assistant=assistant)
+    messages.success(request, "Share link revoked. Nobody can open the assistant through it any more.")
+    return redirect("assistants:edit", slug=assistant.slug)
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def assistant_delete_view(request, slug: str):
+    assistant = _owned_or_404(request, slug)
+    if request.method == "POST":
+        name = assistant.name
+        try:
+            assistant_delete(assistant=assistant)
+        except AssistantError as error:
+            messages.error(request, str(error))
+            return redirect("assistants:edit", slug=assistant.slug)
+        messages.success(request, f"Deleted {name}.")
+        return redirect("assistants:list")
+    return render(request, "assistants/delete.html", {"assistant": assistant, "nav_active": "assistants"})
+
+
+@login_required
+@require_GET
 def gallery(request):
-    query = request.GET.get("q", "")
-    return render(request, "assistants/gallery.html", {"assistants": gallery_list(query=query), "query": query})
+    query = request.GET.get("q", "").strip()[:200]
+    context = {
+        "assistants": gallery_list(query=query),
+        "query": query,
+        "report_form": ReportForm(),
+        "nav_active": "gallery",
+    }
+    return render(request, "assistants/gallery.html", context)
+
+
+@login_required
+@require_POST
+def assistant_report_view(request, slug: str):
+    assistant = get_object_or_404(gallery_list(), slug=slug)
+    form = ReportForm(request.POST)
+    if not form.is_valid():
+        messages.error(request, _errors_text(form) or "Say what is wrong with this assistant.")
+    else:
+        try:
+            assistant_report(assistant=assistant, reporter=request.user, reason=form.cleaned_data["reason"])
+        except AssistantError as error:
+            messages.error(request, str(error))
+        else:
+            messages.success(request, f"Thank you. An admin will review {assistant.name}.")
+    return redirect("assistants:gallery")
+
+
+# Live preview: the edit form's current (unsaved) values, streamed from the inference server as SSE.
+
+
+class PreviewError(Exception):
+    pass
+
+
+def _preview_body(*, request, user, slug: str) -> dict:
+    """The engine request for the preview, from the posted form and conversation. Sync: it reads the DB."""
+    assistant = get_object_or_404(assistant_list_owned(user=user), slug=slug)
+    if not can_edit(user=user, assistant=assistant):
+        raise Http404("No such assistant.")
+    form = AssistantForm(request.POST, owner=user, assistant=assistant)
+    if not form.is_valid():
+        raise PreviewError("Fix the form first: " + _errors_text(form))
+    try:
+        conversation = json.loads(request.POST.get("conversation") or "[]")
+    except json.JSONDecodeError as error:
+        raise PreviewError("The preview conversation is not valid JSON.") from error
+    if not isinstance(conversation, list) or not conversation:
+        raise PreviewError("Write a message to preview the assistant.")
+    turns = []
+    for turn in conversation[-PREVIEW_MAX_TURNS:]:
+        if not isinstance(turn, dict) or turn.get("role") not in ("user", "assistant"):
+            raise PreviewError("Each preview message needs a role (user or assistant) and content.")
+        content = turn.get("content")
+        if not isinstance(content, str) or len(content) > PREVIEW_MAX_CHARS:
+            raise PreviewError(f"Each preview message must be text of at most {PREVIEW_MAX_CHARS} characters.")
+        turns.append({"role": turn["role"], "content": content})
+    if turns[-1]["role"] != "user" or not turns[-1]["content"].strip():
+        raise PreviewError("The preview conversation must end with your message.")
+    config = form.config()
+    system = instructions_text_render(text=config.instructions, user_name=user.get_username())
+    return {
+        "model": config.adapter or config.base_model.name,
+        "messages": [{"role": "system", "content": system}, *turns],
+        "max_tokens": config.max_tokens,
+        "temperature": config.temperature,
+        "top_p": config.top_p,
+        "repetition_penalty": config.repetition_penalty,
+        "stream": True,
+    }
+
+
+def _sse(data: dict, event: str = "") -> str:
+    prefix = f"event: {event}\n" if event else ""
+    return f"{prefix}data: {json.dumps(data)}\n\n"
+
+
+def _engine_error(response: httpx.Response, model: str) -> str:
+    try:
+        error = response.json().get("error") or {}
+    except (json.JSONDecodeError, AttributeError):
+        error = {}
+    message = error.get("message") or response.text[:300] or f"HTTP {response.status_code}"
+    if response.status_code == 429:
+        return "The model is busy with other requests right now. Try again in a moment."
+    if error.get("code") == "context_length_exceeded":
+        return (
+            "The preview no longer fits in the model's context window. Clear the preview conversation "
+            "(or shorten the instructions) and try again."
+        )
+    if error.get("code") == "model_not_found":
+        return f"The inference server has no model or adapter called {model!r}. Check the adapter id."
+    if response.status_code >= 500:
+        return f"The model server failed: {message}"
+    return f"The model server refused the request: {message}"
+
+
+async def _preview_events(body: dict):
+    headers = {"Authorization": f"Bearer {settings.INFERENCE_API_KEY}"} if settings.INFERENCE_API_KEY else {}
+    timeout = httpx.Timeout(READ_TIMEOUT, connect=CONNECT_TIMEOUT)
+    finish_reason = ""
+    try:
+        async with (
+            httpx.AsyncClient(base_url=settings.INFERENCE_URL, headers=headers, timeout=timeout) as client,
+            client.stream("POST", "/v1/chat/completions", json=body) as response,
+        ):
+            if response.status_code >= 400:
+                await response.aread()
+                yield _sse({"message": _engine_error(response, body["model"])}, "error")
+                return
+            async for line in response.aiter_lines():
+                if not line.startswith("data:"):
+                    continue
+                data = line[5:].strip()
+                if data == "[DONE]":
+                    break
+                chunk = json.loads(data)
+                if "error" in chunk:
+                    message = (chunk["error"] or {}).get("message") or "unknown error"
+                    yield _sse({"message": f"The model server failed mid-answer: {message}"}, "error")
+                    return
+                for choice in chunk.get("choices", []):
+                    text = (choice.get("delta") or {}).get("content") or ""
+                    if text:
+                        yield _sse({"text": text})
+                    finish_reason = choice.get("finish_reason") or finish_reason
+    except httpx.HTTPError as error:
+        message = f"The model server is not reachable ({type(error).__name__}). Is it running? Try again shortly."
+        yield _sse({"message": message}, "error")
+        return
+    yield _sse({"finish_reason": finish_reason}, "done")
+
+
+@login_required
+@require_POST
+@never_cache
+async def assistant_preview(request, slug: str):
+    """Owner only. The conversation is not saved anywhere."""
+    user = await request.auser()
+    try:
+        body = await sync_to_async(_preview_body)(request=request, user=user, slug=slug)
+    except PreviewError as error:
+        return JsonResponse({"error": str(error)}, status=400)
+    response = StreamingHttpResponse(_preview_events(body), content_type="text/event-stream")
+    response["Cache-Control"] = "no-cache"
+    response["X-Accel-Buffering"] = "no"
+    return response

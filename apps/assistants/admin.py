@@ -1,0 +1,111 @@
+from django.contrib import admin, messages
+
+from apps.assistants.models import Assistant, AssistantReport, AssistantVersion
+from apps.assistants.services import assistant_set_unlisted
+
+VERSION_FIELDS = (
+    "number",
+    "name",
+    "description",
+    "instructions",
+    "starter_prompts",
+    "base_model",
+    "adapter",
+    "temperature",
+    "top_p",
+    "max_tokens",
+    "repetition_penalty",
+    "knowledge_collections",
+    "created_by",
+    "created_at",
+)
+
+
+class ReadOnlyAdminMixin:
+    """Versions are immutable and made only by the builder: the admin shows them, nothing more."""
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
+class AssistantVersionInline(ReadOnlyAdminMixin, admin.TabularInline):
+    model = AssistantVersion
+    fields = ("number", "name", "base_model", "adapter", "temperature", "max_tokens", "created_at")
+    readonly_fields = fields
+    extra = 0
+    show_change_link = True
+    ordering = ("-number",)
+
+
+def _set_unlisted(modeladmin, request, assistants, *, unlisted: bool) -> int:
+    count = 0
+    for assistant in assistants:
+        assistant_set_unlisted(assistant=assistant, unlisted=unlisted)
+        count += 1
+    return count
+
+
+@admin.register(Assistant)
+class AssistantAdmin(admin.ModelAdmin):
+    list_display = ("slug", "name", "owner", "visibility", "unlisted", "updated_at")
+    list_filter = ("visibility", "unlisted")
+    search_fields = ("slug", "current_version__name", "owner__username")
+    list_select_related = ("owner", "current_version")
+    readonly_fields = ("owner", "slug", "current_version", "share_token", "share_expires_at", "avatar", "created_at")
+    fields = (*readonly_fields[:2], "visibility", "unlisted", *readonly_fields[2:])
+    inlines = [AssistantVersionInline]
+    actions = ["unlist", "list_again"]
+
+    @admin.display(description="Name")
+    def name(self, assistant: Assistant) -> str:
+        return assistant.name
+
+    @admin.action(description="Unlist from gallery")
+    def unlist(self, request, queryset):
+        count = _set_unlisted(self, request, queryset, unlisted=True)
+        self.message_user(request, f"Unlisted {count} assistant(s).", messages.SUCCESS)
+
+    @admin.action(description="List again")
+    def list_again(self, request, queryset):
+        count = _set_unlisted(self, request, queryset, unlisted=False)
+        self.message_user(request, f"Listed {count} assistant(s) again.", messages.SUCCESS)
+
+
+@admin.register(AssistantVersion)
+class AssistantVersionAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+    list_display = ("assistant", "number", "name", "base_model", "created_by", "created_at")
+    list_select_related = ("assistant", "base_model", "created_by")
+    search_fields = ("assistant__slug", "name")
+    fields = ("assistant", *VERSION_FIELDS)
+    readonly_fields = fields
+
+
+@admin.register(AssistantReport)
+class AssistantReportAdmin(admin.ModelAdmin):
+    list_display = ("assistant", "reporter", "reason", "resolved", "created_at")
+    list_filter = ("resolved",)
+    list_select_related = ("assistant", "reporter")
+    search_fields = ("assistant__slug", "reporter__username", "reason")
+    readonly_fields = ("assistant", "reporter", "reason", "created_at")
+    fields = (*readonly_fields, "resolved")
+    actions = ["mark_resolved", "unlist_assistants"]
+
+    def has_add_permission(self, request):
+        return False
+
+    @admin.action(description="Mark resolved")
+    def mark_resolved(self, request, queryset):
+        count = queryset.update(resolved=True)
+        self.message_user(request, f"Marked {count} report(s) resolved.", messages.SUCCESS)
+
+    @admin.action(description="Unlist the reported assistants")
+    def unlist_assistants(self, request, queryset):
+        assistants = Assistant.objects.filter(pk__in=queryset.values("assistant_id"))
+        count = _set_unlisted(self, request, assistants, unlisted=True)
+        self.message_user(request, f"Unlisted {count} assistant(s).", messages.SUCCESS)
