@@ -229,9 +229,12 @@ def web_server(celery_worker_process, inference_server):
         log.close()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser(web_server):
     """Debian's headless chromium, driven by Playwright (which never downloads a browser here).
+
+    Module-scoped: while Playwright is open, its event loop counts as running in this thread, so any
+    later test calling asyncio.run() (the engine's scheduler tests) would fail if it outlived the module.
 
     Playwright's sync API marks an asyncio loop as running in this thread for as long as it is open, and
     Django then refuses every ORM call (SynchronousOnlyOperation), the test's own and pytest-django's
