@@ -143,6 +143,50 @@ def test_banked_lora_rows_match_peft_merged_and_base_in_one_batch(tiny, peft_ada
     np.testing.assert_allclose(got[1], base, atol=5e-4)
 
 
+@pytest.fixture(scope="module")
+def qv_adapter(tiny, tmp_path_factory):
+    """A narrower PEFT LoRA: rank 2 on q_proj and v_proj only (the common recipe)."""
+    import copy
+
+    torch.manual_seed(2)
+    config = LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    peft_model = get_peft_model(copy.deepcopy(tiny["model"]), config)
+    path = tmp_path_factory.mktemp("qv_adapter")
+    peft_model.save_pretrained(path, safe_serialization=True)
+    return {"path": path, "merged": peft_model.merge_and_unload().eval()}
+
+
+def test_banks_are_sized_to_the_loaded_adapters_and_rows_still_match_peft(tiny, peft_adapter, qv_adapter):
+    from inference.session import Lora
+
+    session = DecoderSession(tiny["root"] / "dense_lora", max_rows=3, capacity=64)
+    bank = AdapterBank(session.config, slots=2, max_rank=8)
+    assert {name: array.shape[-1] for name, array in bank.banks.items() if name.endswith(".A")} == {
+        "lora.qkv.A": 0, "lora.o.A": 0, "lora.gate_up.A": 0, "lora.down.A": 0
+    }  # fmt: skip
+    bank.load("qv", qv_adapter["path"])
+    assert bank.layout == {"qkv": (2, ("q_proj", "v_proj")), "o": (0, ()), "gate_up": (0, ()), "down": (0, ())}
+    qv_banks = bank.banks
+
+    def forward(index):
+        ids = np.array([PROMPT] * len(index))
+        lora = Lora(index=np.array(index), banks=bank.banks)
+        lengths = np.array([len(PROMPT)] * len(index))
+        return session.forward(ids, start=0, lengths=lengths, logits_index=np.arange(len(PROMPT)), lora=lora)
+
+    got = forward([bank.acquire("qv"), 0])
+    np.testing.assert_allclose(got[0], torch_logits(qv_adapter["merged"], PROMPT), atol=5e-4)
+    np.testing.assert_allclose(got[1], torch_logits(tiny["model"], PROMPT), atol=5e-4)
+
+    bank.load("all", peft_adapter["path"])  # wider: new banks, and the qv adapter rewritten into them
+    assert bank.banks is not qv_banks and bank.layout["qkv"] == (4, ("q_proj", "k_proj", "v_proj"))
+    got = forward([bank.acquire("all"), bank.acquire("qv"), 0])
+    np.testing.assert_allclose(got[0], torch_logits(peft_adapter["merged"], PROMPT), atol=5e-4)
+    np.testing.assert_allclose(got[1], torch_logits(qv_adapter["merged"], PROMPT), atol=5e-4)
+    np.testing.assert_allclose(got[2], torch_logits(tiny["model"], PROMPT), atol=5e-4)
+    assert qv_banks["lora.o.A"].shape[-1] == 0  # the old banks were never written to
+
+
 def test_adapters_are_safetensors_only_and_validated(tiny, peft_adapter, tmp_path):
     config = DecoderSession(tiny["root"] / "dense_lora", max_rows=1, capacity=8).config
     bank = AdapterBank(config, slots=1, max_rank=8)
