@@ -2,10 +2,15 @@
 by the real worker with the real model, followed live over server-sent events."""
 
 import json
+import os
+import signal
+import subprocess
 import time
 import uuid
+from datetime import timedelta
 
 import httpx
+import psutil
 import pytest
 from django.test import Client
 from django.urls import reverse
@@ -362,7 +367,7 @@ def test_an_answer_whose_worker_vanished_is_marked_failed_and_can_be_retried(cha
     from django.utils import timezone
 
     Message.objects.filter(pk=reply.pk).update(
-        status=Message.Status.STREAMING, content="Half an ans", updated_at=timezone.now() - services.ABANDONED_AFTER
+        status=Message.Status.STREAMING, content="Half an ans", updated_at=timezone.now() - timedelta(seconds=151)
     )
     page = signed_in(owner).get(reverse("chat:conversation", args=[conversation.pk])).content.decode()
     reply.refresh_from_db()
@@ -383,3 +388,66 @@ def test_the_playground_tokenizes_and_continues_raw_text(chat_model, inference_s
         client.post(reverse("chat:playground"), {"action": "complete", "prompt": "x", "max_tokens": "many"}).status_code
         == 200
     )
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+def test_a_worker_killed_mid_answer_leaves_the_text_and_the_answer_can_be_retried(
+    chat_model, celery_worker_process, inference_server, settings
+):
+    """kill -9 a real worker while it streams: the text so far stays, the answer is marked failed once
+    it has been silent too long, and Retry (on the surviving worker) writes a complete answer."""
+    from django.db import connection
+
+    from apps.chat.tasks import reply_generate_task
+    from config.celery import worker_argv
+    from tests.conftest import REPO_ROOT, database_url
+
+    owner = make_user("ada")
+    assistant = make_assistant(owner, max_tokens=300, temperature=0.8)
+    conversation = services.conversation_start(assistant=assistant, owner=owner)
+    question = Message.objects.create(conversation=conversation, role="user", content="Tell me a long story.")
+    doomed = Message.objects.create(
+        conversation=conversation,
+        parent=question,
+        role="assistant",
+        status=Message.Status.PENDING,
+        assistant_version=assistant.current_version,
+    )
+    Conversation.objects.filter(pk=conversation.pk).update(current_leaf=doomed)
+
+    queue = f"chat-doomed-{os.getpid()}"  # only the worker about to be killed listens here
+    env = {**os.environ, "DATABASE_URL": database_url(connection.settings_dict), "INFERENCE_URL": inference_server}
+    env["DJANGO_SETTINGS_MODULE"] = "config.settings.test"
+    argv = worker_argv(concurrency=1, name=f"doomed-{os.getpid()}@%h", queues=(queue,))
+    worker = subprocess.Popen(argv, cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        reply_generate_task.apply_async(args=[str(doomed.pk)], queue=queue)
+        deadline = time.monotonic() + 120
+        while len(Message.objects.get(pk=doomed.pk).content) < 30:
+            assert time.monotonic() < deadline and worker.poll() is None, "the doomed worker never streamed"
+            time.sleep(0.1)
+        for child in psutil.Process(worker.pid).children(recursive=True):  # the pool process streams
+            child.send_signal(signal.SIGKILL)
+        worker.send_signal(signal.SIGKILL)
+        worker.wait(10)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+    doomed.refresh_from_db()
+    assert doomed.status == Message.Status.STREAMING and len(doomed.content) >= 30  # kept, not lost
+
+    settings.CHAT_ANSWER_ABANDONED_AFTER_SECONDS = 2
+    time.sleep(2.5)
+    client = signed_in(owner)
+    page = client.get(reverse("chat:conversation", args=[conversation.pk])).content.decode()
+    doomed.refresh_from_db()
+    assert doomed.status == Message.Status.ERROR and "worker stopped" in page and "Retry" in page
+    assert len(doomed.content) >= 30
+
+    settings.CHAT_ANSWER_ABANDONED_AFTER_SECONDS = 150
+    client.post(reverse("chat:regenerate", args=[doomed.pk]))
+    retried = Message.objects.exclude(pk=doomed.pk).get(conversation=conversation, role="assistant")
+    retried = wait_until_finished(retried, timeout=180)
+    assert retried.status == Message.Status.DONE and retried.content
+    assert Message.objects.get(pk=doomed.pk).status == Message.Status.ERROR  # the old branch stays as it was

@@ -5,6 +5,7 @@ watching (reload, switch chats or devices: it keeps streaming)."""
 import secrets
 from datetime import timedelta
 
+from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
@@ -13,9 +14,14 @@ from apps.chat.live import reply_stop_request
 from apps.chat.models import Conversation, Message
 
 MAX_MESSAGE_CHARS = 32_000
+
+
 # A streaming answer saves several times a second, and the engine client gives up after 120 s of
 # silence; an answer quiet for longer lost its worker (killed, or the machine went away).
-ABANDONED_AFTER = timedelta(seconds=150)
+def _abandoned_after() -> timedelta:
+    return timedelta(seconds=settings.CHAT_ANSWER_ABANDONED_AFTER_SECONDS)
+
+
 TITLE_CHARS = 60
 
 
@@ -127,7 +133,7 @@ def reply_stop(*, message: Message) -> None:
 
 def reply_fail_if_abandoned(*, message: Message) -> Message:
     """Mark an answer whose worker vanished mid-stream as failed (keeping its text), so it can be retried."""
-    if message.status == Message.Status.STREAMING and message.updated_at < timezone.now() - ABANDONED_AFTER:
+    if message.status == Message.Status.STREAMING and message.updated_at < timezone.now() - _abandoned_after():
         Message.objects.filter(pk=message.pk, status=Message.Status.STREAMING).update(
             status=Message.Status.ERROR,
             finish_reason="error",

@@ -108,6 +108,8 @@ INFERENCE_API_KEY = env("INFERENCE_API_KEY", default="")
 # Share-link visitors may chat without an account; their messages are rate-limited per IP address.
 ATELIER_ANONYMOUS_SHARING = env.bool("ATELIER_ANONYMOUS_SHARING", default=True)
 ATELIER_ANONYMOUS_MESSAGES_PER_HOUR = env.int("ATELIER_ANONYMOUS_MESSAGES_PER_HOUR", default=30)
+# An answer that saved nothing for this long lost its worker; it is marked failed and can be retried.
+CHAT_ANSWER_ABANDONED_AFTER_SECONDS = env.int("CHAT_ANSWER_ABANDONED_AFTER_SECONDS", default=150)
 
 # --- Accounts ------------------------------------------------------------------------------------
 AUTH_USER_MODEL = "accounts.User"
