@@ -10,11 +10,12 @@ import time
 from django.db import transaction
 
 from apps.chat.live import reply_event_publish, reply_events_reset, reply_stop_requested
-from apps.chat.models import Message
+from apps.chat.models import Conversation, Message
 from apps.chat.prompt import ContextTooSmall, prompt_build
 from apps.chat.rendering import markdown_render
 from apps.chat.selectors import message_ancestors
-from apps.core.inference_client import InferenceError, inference_chat_stream
+from apps.chat.services import title_from
+from apps.core.inference_client import InferenceError, inference_chat, inference_chat_stream
 
 log = logging.getLogger(__name__)
 
@@ -119,4 +120,41 @@ def reply_generate(*, message_id: str) -> str:
     finally:
         stream.close()  # closing the connection cancels the request in the engine
     _finish(reply, status=status, finish_reason=finish_reason)
+    if status == Message.Status.DONE and reply.parent.parent_id is None:  # the first exchange
+        from apps.chat.tasks import conversation_title_task
+
+        conversation_title_task.delay(str(reply.conversation_id), str(reply.pk))
     return status
+
+
+TITLE_PROMPT = (
+    "Write a title of at most six words for a conversation that begins with the exchange below. "
+    "Reply with the title only.\n\nQuestion: {question}\n\nAnswer: {answer}"
+)
+
+
+def conversation_title_generate(*, conversation_id: str, answer_id: str) -> str:
+    """Replace the provisional title (the first question, cut short) by the model's own summary of the
+    first exchange; keep the provisional one when the person renamed it or the model's is unusable."""
+    answer = Message.objects.select_related("parent", "assistant_version__base_model").get(pk=answer_id)
+    question = answer.parent
+    prompt = TITLE_PROMPT.format(question=question.content[:1000], answer=answer.content[:1000])
+    body = {
+        "model": answer.assistant_version.base_model.name,
+        "messages": [
+            {"role": "system", "content": "You write short, plain titles."},
+            {"role": "user", "content": prompt},
+        ],
+        "max_tokens": 16,
+        "temperature": 0.0,
+    }
+    try:
+        text = inference_chat(body=body)["choices"][0]["message"]["content"]
+    except (InferenceError, KeyError, IndexError):
+        return ""
+    title = " ".join(text.strip().splitlines()[0].split()).strip(" \"'*#.:") if text.strip() else ""
+    if not title or len(title.split()) > 10 or len(title) > 80:
+        return ""
+    provisional = title_from(question.content)
+    Conversation.objects.filter(pk=conversation_id, title=provisional).update(title=title)
+    return title

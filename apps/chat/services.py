@@ -29,7 +29,7 @@ class ChatError(Exception):
     """A domain error with a message fit for the person who caused it."""
 
 
-def _title_from(text: str) -> str:
+def title_from(text: str) -> str:
     """The first line of the first question, cut at a word boundary."""
     line = " ".join(text.split())
     if len(line) <= TITLE_CHARS:
@@ -92,7 +92,7 @@ def message_send(*, conversation: Conversation, content: str, parent: Message | 
         raise ChatError("Wait for the answer to finish (or stop it) before sending the next message.")
     question = Message.objects.create(conversation=conversation, parent=parent, role=Message.Role.USER, content=content)
     if not conversation.title:
-        conversation.title = _title_from(content)
+        conversation.title = title_from(content)
         conversation.save(update_fields=["title", "updated_at"])
     return question, _reply_create(conversation=conversation, parent=question)
 

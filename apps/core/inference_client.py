@@ -88,6 +88,17 @@ def inference_complete(*, body: dict) -> dict:
     return response.json()
 
 
+def inference_chat(*, body: dict) -> dict:
+    """One non-streaming `/v1/chat/completions` call."""
+    try:
+        with _client() as client:
+            response = client.post("/v1/chat/completions", json={**body, "stream": False})
+    except httpx.HTTPError as error:
+        raise _unavailable(error) from error
+    _raise_for(response)
+    return response.json()
+
+
 def inference_chat_stream(*, body: dict) -> Iterator[dict]:
     """Stream `/v1/chat/completions` chunks as dicts. Closing the iterator closes the connection, which
     makes the engine cancel the request and free its slot."""
