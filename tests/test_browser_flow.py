@@ -91,6 +91,9 @@ def test_build_chat_reload_inspect_share_and_chat_anonymously(web_server, browse
     reply = anonymous.locator("article.msg-assistant").last
     expect(reply.locator("[data-status]")).to_have_text("Done", timeout=180_000)
     assert reply.locator("[data-body]").inner_text().strip()
+    # The context gauge was drawn live from the answer's budget (this page was rendered before it).
+    expect(anonymous.locator("[data-gauge]")).to_be_visible()
+    expect(anonymous.locator("[data-gauge-tokens=reserved]")).to_have_text("300")
     anonymous.screenshot(path=artifacts_dir / "6-anonymous-chat.png", full_page=True)
 
     # The owner's conversation stays theirs: the visitor gets a 404 for its URL.

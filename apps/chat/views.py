@@ -150,6 +150,8 @@ def conversation_detail(request, conversation_id):
         "busy": bool(last_answer and not last_answer.finished),
         "draft": request.session.pop("chat_draft", ""),
         "gauge": _gauge(last_answer.context if last_answer else {}),
+        "gauge_kinds": [kind for kind, _ in GAUGE_PARTS],
+        "gauge_labels": GAUGE_PARTS,
         "is_owner": can_edit(user=request.user, assistant=conversation.assistant),
         "snapshot_url": request.build_absolute_uri(reverse("chat:snapshot", args=[conversation.snapshot_token]))
         if conversation.snapshot_token
@@ -159,17 +161,20 @@ def conversation_detail(request, conversation_id):
     return render(request, "chat/conversation.html", context)
 
 
+GAUGE_PARTS = (
+    ("system", "Instructions"),
+    ("knowledge", "Knowledge"),
+    ("history", "Conversation"),
+    ("reserved", "Room for the answer"),
+)
+
+
 def _gauge(report: dict) -> dict | None:
-    """Shares of the context window, for the gauge under the chat."""
+    """Shares of the context window, for the gauge under the chat (chat.js redraws it live)."""
     window = report.get("window")
     if not window:
         return None
-    parts = [
-        ("system", "Instructions", report["system"]),
-        ("knowledge", "Knowledge", report.get("knowledge", 0)),
-        ("history", "Conversation", report["history"]),
-        ("reserved", "Room for the answer", report["reserved"]),
-    ]
+    parts = [(kind, label, report.get(kind, 0)) for kind, label in GAUGE_PARTS]
     segments, offset = [], 0.0
     for kind, label, tokens in parts:
         percent = round(100 * tokens / window, 2)

@@ -16,6 +16,24 @@
     return input ? input.value : "";
   }
 
+  // The context gauge: how this answer's prompt filled the window (sent before the first token).
+  function drawGauge(report) {
+    var gauge = document.querySelector("[data-gauge]");
+    if (!gauge || !report.window) return;
+    var offset = 0;
+    ["system", "knowledge", "history", "reserved"].forEach(function (kind) {
+      var tokens = report[kind] || 0;
+      var percent = 100 * tokens / report.window;
+      var rect = gauge.querySelector("rect[data-kind=" + kind + "]");
+      if (rect) { rect.setAttribute("x", offset); rect.setAttribute("width", percent); }
+      var label = gauge.querySelector("[data-gauge-tokens=" + kind + "]");
+      if (label) label.textContent = tokens;
+      offset += percent;
+    });
+    gauge.querySelector("[data-gauge-window]").textContent = report.window;
+    gauge.hidden = false;
+  }
+
   function follow(article) {
     var body = article.querySelector("[data-body]");
     var status = article.querySelector("[data-status]");
@@ -26,6 +44,9 @@
     source.addEventListener("reset", function () {
       body.textContent = "";
       started = true;
+    });
+    source.addEventListener("context", function (event) {
+      drawGauge(JSON.parse(event.data));
     });
     source.addEventListener("token", function (event) {
       var data = JSON.parse(event.data);
