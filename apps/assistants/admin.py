@@ -1,7 +1,7 @@
 from django.contrib import admin, messages
 
 from apps.assistants.models import Assistant, AssistantReport, AssistantVersion
-from apps.assistants.services import assistant_set_unlisted
+from apps.assistants.services import assistant_reports_resolve, assistant_set_unlisted
 
 VERSION_FIELDS = (
     "number",
@@ -101,7 +101,7 @@ class AssistantReportAdmin(admin.ModelAdmin):
 
     @admin.action(description="Mark resolved")
     def mark_resolved(self, request, queryset):
-        count = queryset.update(resolved=True)
+        count = assistant_reports_resolve(report_ids=list(queryset.values_list("pk", flat=True)))
         self.message_user(request, f"Marked {count} report(s) resolved.", messages.SUCCESS)
 
     @admin.action(description="Unlist the reported assistants")

@@ -203,3 +203,9 @@ def assistant_report(*, assistant: Assistant, reporter: User, reason: str) -> As
 def assistant_set_unlisted(*, assistant: Assistant, unlisted: bool) -> None:
     assistant.unlisted = unlisted
     assistant.save(update_fields=["unlisted", "updated_at"])
+
+
+@transaction.atomic
+def assistant_reports_resolve(*, report_ids: list[int]) -> int:
+    """Mark reports reviewed; returns how many changed."""
+    return AssistantReport.objects.filter(pk__in=report_ids, resolved=False).update(resolved=True)

@@ -149,6 +149,7 @@ def conversation_detail(request, conversation_id):
         "thread": thread,
         "busy": bool(last_answer and not last_answer.finished),
         "draft": request.session.pop("chat_draft", ""),
+        "recent": conversation_list(user=request.user, session_key=_session_key(request))[:30],
         "gauge": _gauge(last_answer.context if last_answer else {}),
         "gauge_kinds": [kind for kind, _ in GAUGE_PARTS],
         "gauge_labels": GAUGE_PARTS,

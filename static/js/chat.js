@@ -69,6 +69,8 @@
         status.className = "msg-status pill " + (data.status === "error" ? "pill-error" : data.status === "done" ? "pill-ok" : "pill-info");
       }
       if (error && data.error) { error.textContent = data.error; error.hidden = false; }
+      var truncated = article.querySelector("[data-truncated]");
+      if (truncated) truncated.hidden = data.finish_reason !== "length";
       article.querySelectorAll("[data-stop-button]").forEach(function (b) { b.hidden = true; });
       article.querySelectorAll("[data-inspect], [data-when-finished]").forEach(function (el) { el.hidden = false; });
       document.querySelectorAll("[data-send]").forEach(function (b) { b.disabled = false; });
