@@ -24,7 +24,7 @@ from apps.assistants.models import Visibility
 from apps.assistants.selectors import chat_model_default
 from apps.assistants.services import AssistantConfig, assistant_create
 from apps.chat.prompt import DEFAULT_INSTRUCTIONS, instructions_render
-from apps.core.inference_client import inference_tokenize
+from apps.core.inference_client import InferenceBusy, InferenceRejected, InferenceUnavailable, inference_tokenize
 
 pytestmark = pytest.mark.django_db
 PASSWORD = "correct horse battery staple"
@@ -172,30 +172,20 @@ def test_an_unreachable_engine_is_a_503(settings):
 
 
 @pytest.mark.parametrize(
-    ("engine_status", "engine_error", "status", "code"),
+    ("engine_error", "status", "code"),
     [
-        (429, {"message": "queue full", "type": "rate_limit_error", "code": "queue_full"}, 429, "queue_full"),
-        (400, {"message": "too long", "type": "invalid_request_error", "code": "context_length_exceeded"}, 400, None),
-        (404, {"message": "model 'x' does not exist", "code": "model_not_found"}, 503, "model_unavailable"),
-        (500, {"message": "boom", "type": "server_error"}, 502, "engine_error"),
+        (InferenceBusy("queue full", status=429, code="queue_full"), 429, "queue_full"),
+        (InferenceRejected("too long", status=400, code="context_length_exceeded"), 400, "context_length_exceeded"),
+        (InferenceRejected("model 'x' does not exist", status=404, code="model_not_found"), 503, "model_unavailable"),
+        (InferenceUnavailable("The model server failed: 'x' boom", status=500), 502, "engine_error"),
     ],
 )
-def test_engine_refusals_map_to_openai_errors(monkeypatch, engine_status, engine_error, status, code):
-    def answer(request):
-        return httpx.Response(engine_status, json={"error": {"param": None, "code": None, **engine_error}})
-
-    monkeypatch.setattr(
-        api_services,
-        "_engine_client",
-        lambda: httpx.AsyncClient(transport=httpx.MockTransport(answer), base_url="http://e"),
-    )
-    payload = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
-    for call in (api_services.chat_completion_create, api_services.chat_completion_stream):
-        with pytest.raises(ApiError) as caught:
-            asyncio.run(call(payload=payload, slug="s"))
-        assert caught.value.status == status
-        assert caught.value.code == (code or engine_error["code"])
-        assert "'x'" not in caught.value.message  # the engine's model names stay inside
+def test_engine_refusals_map_to_openai_errors(engine_error, status, code):
+    """The engine's own refusals are tested against the real engine (tests/inference, test_inference_server);
+    here only their translation, which must keep the engine's model names inside."""
+    error = api_services.api_error_from_engine(engine_error)
+    assert (error.status, error.code) == (status, code)
+    assert status == 400 or "'x'" not in error.message
 
 
 # --- the API over HTTP, with the official client ---------------------------------------------------------

@@ -7,18 +7,17 @@ model and cannot strip the instructions (the engine's `truncate_prompt_tokens` i
 
 import json
 from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack
-
-import httpx
-from django.conf import settings
 
 from apps.api.errors import ApiError
 from apps.assistants.models import Assistant
 from apps.chat.prompt import instructions_render
-
-CONNECT_TIMEOUT = 5.0
-READ_TIMEOUT = 120.0  # a long queue wait before the first token is still normal under load
-ENGINE_CHAT_PATH = "/v1/chat/completions"
+from apps.core.inference_client import (
+    InferenceBusy,
+    InferenceError,
+    InferenceRejected,
+    inference_chat_async,
+    inference_chat_stream_async,
+)
 
 ROLES = {"system", "developer", "user", "assistant"}
 # The engine's own bounds: (low, low inclusive, high). Outside them the request is refused with a 400.
@@ -124,41 +123,25 @@ def completion_payload_build(*, assistant: Assistant, body: dict, user) -> dict:
 # --- the engine -------------------------------------------------------------------------------------
 
 
-def _engine_client() -> httpx.AsyncClient:
-    headers = {"Authorization": f"Bearer {settings.INFERENCE_API_KEY}"} if settings.INFERENCE_API_KEY else {}
-    timeout = httpx.Timeout(READ_TIMEOUT, connect=CONNECT_TIMEOUT)
-    return httpx.AsyncClient(base_url=settings.INFERENCE_URL, headers=headers, timeout=timeout)
-
-
-def _unreachable(error: httpx.HTTPError) -> ApiError:
-    return ApiError(
-        503,
-        f"The model server is not reachable right now ({type(error).__name__}). Try again shortly.",
-        type="server_error",
-        code="engine_unavailable",
-    )
-
-
-def _engine_error(response: httpx.Response) -> ApiError:
+def api_error_from_engine(error: InferenceError) -> ApiError:
     """The engine's refusal as the API's: the caller's own mistakes and a full queue pass through; the
     engine's internals (its model names, its key, its crashes) do not."""
-    try:
-        error = response.json().get("error") or {}
-    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
-        error = {}
-    status = response.status_code
-    if status == 429:
-        message = error.get("message") or "The model server is busy. Try again in a moment."
-        return ApiError(429, message, type="rate_limit_error", code=error.get("code") or "queue_full")
-    if status == 400:
-        return ApiError(
-            400, error.get("message") or "Invalid request.", param=error.get("param"), code=error.get("code")
-        )
-    if status == 404:  # the assistant's adapter is not loaded in the engine
+    if isinstance(error, InferenceBusy):
+        return ApiError(429, str(error), type="rate_limit_error", code=error.code or "queue_full")
+    if isinstance(error, InferenceRejected) and error.status == 400:
+        return ApiError(400, str(error), param=error.param, code=error.code)
+    if isinstance(error, InferenceRejected) and error.status == 404:  # the adapter is not loaded in the engine
         return ApiError(
             503, "This assistant's model is not loaded right now.", type="server_error", code="model_unavailable"
         )
-    return ApiError(502, "The model server failed to answer.", type="server_error", code="engine_error")
+    if isinstance(error, InferenceRejected) or error.status != 503:
+        return ApiError(502, "The model server failed to answer.", type="server_error", code="engine_error")
+    return ApiError(
+        503,
+        "The model server is not reachable right now. Try again shortly.",
+        type="server_error",
+        code="engine_unavailable",
+    )
 
 
 def _relabel(data: dict, slug: str) -> dict:
@@ -170,56 +153,33 @@ def _relabel(data: dict, slug: str) -> dict:
 async def chat_completion_create(*, payload: dict, slug: str) -> dict:
     """One non-streaming completion, labelled with the assistant's slug."""
     try:
-        async with _engine_client() as client:
-            response = await client.post(ENGINE_CHAT_PATH, json={**payload, "stream": False})
-    except httpx.HTTPError as error:
-        raise _unreachable(error) from error
-    if response.status_code >= 400:
-        raise _engine_error(response)
-    return _relabel(response.json(), slug)
+        return _relabel(await inference_chat_async(body=payload), slug)
+    except InferenceError as error:
+        raise api_error_from_engine(error) from error
 
 
 async def chat_completion_stream(*, payload: dict, slug: str) -> AsyncIterator[bytes]:
     """Start a streaming completion. Refusals (429, 400, engine down) raise here, before any byte is sent,
-    so they keep their HTTP status; what comes back relays the engine's server-sent events as they arrive.
-    Closing it closes the engine connection, which makes the engine cancel the generation."""
-    stack = AsyncExitStack()
+    so they keep their HTTP status; what comes back relays the engine's chunks as they arrive. Closing it
+    closes the engine connection, which makes the engine cancel the generation."""
     try:
-        try:
-            client = await stack.enter_async_context(_engine_client())
-            response = await stack.enter_async_context(
-                client.stream("POST", ENGINE_CHAT_PATH, json={**payload, "stream": True})
-            )
-            if response.status_code >= 400:
-                await response.aread()
-        except httpx.HTTPError as error:
-            raise _unreachable(error) from error
-        if response.status_code >= 400:
-            raise _engine_error(response)
-    except BaseException:
-        await stack.aclose()
-        raise
-    return _relay(stack, response, slug)
+        chunks = await inference_chat_stream_async(body=payload)
+    except InferenceError as error:
+        raise api_error_from_engine(error) from error
+    return _relay(chunks, slug)
 
 
 def _sse(data: str) -> bytes:
     return f"data: {data}\n\n".encode()
 
 
-async def _relay(stack: AsyncExitStack, response: httpx.Response, slug: str) -> AsyncIterator[bytes]:
-    async with stack:
-        try:
-            async for line in response.aiter_lines():
-                if not line.startswith("data:"):
-                    continue
-                data = line[5:].strip()
-                if data == "[DONE]":
-                    yield _sse(data)
-                    return
-                try:
-                    chunk = json.loads(data)
-                except json.JSONDecodeError:
-                    continue
-                yield _sse(json.dumps(_relabel(chunk, slug), ensure_ascii=False))
-        except httpx.HTTPError as error:  # the engine went away mid-answer: say so in OpenAI's stream shape
-            yield _sse(json.dumps(_unreachable(error).body()))
+async def _relay(chunks: AsyncIterator[dict], slug: str) -> AsyncIterator[bytes]:
+    try:
+        async for chunk in chunks:
+            yield _sse(json.dumps(_relabel(chunk, slug), ensure_ascii=False))
+    except InferenceError as error:  # the engine went away mid-answer: say so in OpenAI's stream shape
+        yield _sse(json.dumps(api_error_from_engine(error).body()))
+        return
+    finally:
+        await chunks.aclose()
+    yield _sse("[DONE]")

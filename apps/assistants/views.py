@@ -7,7 +7,6 @@ assistant the user may not see, so addresses cannot be probed.
 import json
 from pathlib import Path
 
-import httpx
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.contrib import messages
@@ -24,7 +23,6 @@ from apps.assistants.models import Assistant
 from apps.assistants.selectors import (
     assistant_list_owned,
     can_chat,
-    can_edit,
     gallery_list,
     share_link_valid,
 )
@@ -39,7 +37,7 @@ from apps.assistants.services import (
     share_link_revoke,
 )
 from apps.chat.prompt import instructions_text_render
-from apps.core.inference_client import CONNECT_TIMEOUT, READ_TIMEOUT
+from apps.core.inference_client import InferenceError, inference_chat_stream_async
 
 PREVIEW_MAX_TURNS = 40
 PREVIEW_MAX_CHARS = 8000
@@ -244,8 +242,6 @@ class PreviewError(Exception):
 def _preview_body(*, request, user, slug: str) -> dict:
     """The engine request for the preview, from the posted form and conversation. Sync: it reads the DB."""
     assistant = get_object_or_404(assistant_list_owned(user=user), slug=slug)
-    if not can_edit(user=user, assistant=assistant):
-        raise Http404("No such assistant.")
     form = AssistantForm(request.POST, owner=user, assistant=assistant)
     if not form.is_valid():
         raise PreviewError("Fix the form first: " + _errors_text(form))
@@ -283,59 +279,36 @@ def _sse(data: dict, event: str = "") -> str:
     return f"{prefix}data: {json.dumps(data)}\n\n"
 
 
-def _engine_error(response: httpx.Response, model: str) -> str:
-    try:
-        error = response.json().get("error") or {}
-    except (json.JSONDecodeError, AttributeError):
-        error = {}
-    message = error.get("message") or response.text[:300] or f"HTTP {response.status_code}"
-    if response.status_code == 429:
-        return "The model is busy with other requests right now. Try again in a moment."
-    if error.get("code") == "context_length_exceeded":
+def _preview_error(error: InferenceError, model: str) -> str:
+    if error.code == "context_length_exceeded":
         return (
             "The preview no longer fits in the model's context window. Clear the preview conversation "
             "(or shorten the instructions) and try again."
         )
-    if error.get("code") == "model_not_found":
+    if error.code == "model_not_found":
         return f"The inference server has no model or adapter called {model!r}. Check the adapter id."
-    if response.status_code >= 500:
-        return f"The model server failed: {message}"
-    return f"The model server refused the request: {message}"
+    return str(error)
 
 
 async def _preview_events(body: dict):
-    headers = {"Authorization": f"Bearer {settings.INFERENCE_API_KEY}"} if settings.INFERENCE_API_KEY else {}
-    timeout = httpx.Timeout(READ_TIMEOUT, connect=CONNECT_TIMEOUT)
+    try:
+        chunks = await inference_chat_stream_async(body=body)
+    except InferenceError as error:
+        yield _sse({"message": _preview_error(error, body["model"])}, "error")
+        return
     finish_reason = ""
     try:
-        async with (
-            httpx.AsyncClient(base_url=settings.INFERENCE_URL, headers=headers, timeout=timeout) as client,
-            client.stream("POST", "/v1/chat/completions", json=body) as response,
-        ):
-            if response.status_code >= 400:
-                await response.aread()
-                yield _sse({"message": _engine_error(response, body["model"])}, "error")
-                return
-            async for line in response.aiter_lines():
-                if not line.startswith("data:"):
-                    continue
-                data = line[5:].strip()
-                if data == "[DONE]":
-                    break
-                chunk = json.loads(data)
-                if "error" in chunk:
-                    message = (chunk["error"] or {}).get("message") or "unknown error"
-                    yield _sse({"message": f"The model server failed mid-answer: {message}"}, "error")
-                    return
-                for choice in chunk.get("choices", []):
-                    text = (choice.get("delta") or {}).get("content") or ""
-                    if text:
-                        yield _sse({"text": text})
-                    finish_reason = choice.get("finish_reason") or finish_reason
-    except httpx.HTTPError as error:
-        message = f"The model server is not reachable ({type(error).__name__}). Is it running? Try again shortly."
-        yield _sse({"message": message}, "error")
+        async for chunk in chunks:
+            for choice in chunk.get("choices", []):
+                text = (choice.get("delta") or {}).get("content") or ""
+                if text:
+                    yield _sse({"text": text})
+                finish_reason = choice.get("finish_reason") or finish_reason
+    except InferenceError as error:
+        yield _sse({"message": _preview_error(error, body["model"])}, "error")
         return
+    finally:
+        await chunks.aclose()  # a closed preview tab closes the engine request, which cancels it
     yield _sse({"finish_reason": finish_reason}, "done")
 
 

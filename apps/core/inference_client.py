@@ -1,65 +1,108 @@
-"""The web app's and the worker's client for the inference server (`inference/server.py`, over HTTP).
+"""The one client for the inference server (`inference/server.py`, over HTTP), for the web app, the
+worker and the API.
 
-Failures become three domain errors with messages fit for the person chatting; callers never see an
-httpx exception.
+Failures become domain errors with messages fit for the person chatting; callers never see an httpx
+exception. Each error keeps the engine's status, `code` and `param`, so the API can relay them.
+Synchronous callers share one connection pool per process (the worker's prompt budgeting makes several
+/tokenize calls per answer); async callers open a client per request, since a pool cannot outlive the
+event loop it was made on.
 """
 
+import functools
 import json
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import AsyncExitStack
 
 import httpx
 from django.conf import settings
 
 CONNECT_TIMEOUT = 5.0
 READ_TIMEOUT = 120.0  # a long queue wait before the first token is still normal under load
+CHAT_PATH = "/v1/chat/completions"
 
 
 class InferenceError(Exception):
-    """The engine could not answer. `message` is written for the end user."""
+    """The engine could not answer. str(error) is written for the end user."""
+
+    def __init__(self, message: str, *, status: int = 503, code: str | None = None, param: str | None = None):
+        super().__init__(message)
+        self.status, self.code, self.param = status, code, param
 
 
 class InferenceUnavailable(InferenceError):
-    pass
+    """Not reachable, or it failed (5xx)."""
 
 
 class InferenceBusy(InferenceError):
-    pass
+    """Its queue is full (429)."""
 
 
 class InferenceRejected(InferenceError):
-    """The request itself was refused (for example: the prompt is longer than the context window)."""
-
-    def __init__(self, message: str, code: str | None = None) -> None:
-        super().__init__(message)
-        self.code = code
+    """The request itself was refused (400: the prompt is longer than the context window; 404: no such
+    model or adapter)."""
 
 
 def _headers() -> dict[str, str]:
     return {"Authorization": f"Bearer {settings.INFERENCE_API_KEY}"} if settings.INFERENCE_API_KEY else {}
 
 
-def _client(read_timeout: float = READ_TIMEOUT) -> httpx.Client:
-    timeout = httpx.Timeout(READ_TIMEOUT, connect=CONNECT_TIMEOUT, read=read_timeout)
-    return httpx.Client(base_url=settings.INFERENCE_URL, headers=_headers(), timeout=timeout)
+def _timeout() -> httpx.Timeout:
+    return httpx.Timeout(READ_TIMEOUT, connect=CONNECT_TIMEOUT)
 
 
-def _raise_for(response: httpx.Response) -> None:
-    if response.status_code < 400:
-        return
+@functools.cache
+def _pool(base_url: str, api_key: str) -> httpx.Client:
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    return httpx.Client(base_url=base_url, headers=headers, timeout=_timeout())
+
+
+def _client() -> httpx.Client:
+    return _pool(settings.INFERENCE_URL, settings.INFERENCE_API_KEY)
+
+
+def _error_for(response: httpx.Response) -> InferenceError:
     try:
-        error = response.json().get("error", {})
-    except (json.JSONDecodeError, AttributeError):
+        error = response.json().get("error") or {}
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
         error = {}
-    message = error.get("message") or response.text[:300] or f"HTTP {response.status_code}"
-    if response.status_code == 429:
-        raise InferenceBusy("The model is busy with other requests right now. Try again in a moment.")
-    if response.status_code >= 500:
-        raise InferenceUnavailable(f"The model server failed: {message}")
-    raise InferenceRejected(message, error.get("code"))
+    status, code, param = response.status_code, error.get("code"), error.get("param")
+    message = error.get("message") or response.text[:300] or f"HTTP {status}"
+    if status == 429:
+        return InferenceBusy(
+            "The model is busy with other requests right now. Try again in a moment.", status=429, code=code
+        )
+    if status >= 500:
+        return InferenceUnavailable(f"The model server failed: {message}", status=status, code=code)
+    return InferenceRejected(message, status=status, code=code, param=param)
 
 
 def _unavailable(error: httpx.HTTPError) -> InferenceUnavailable:
     return InferenceUnavailable(f"The model server is not reachable ({type(error).__name__}). Try again shortly.")
+
+
+def _chunk(line: str) -> dict | None:
+    """One server-sent event line as a chunk; None for anything else ([DONE] ends the stream first)."""
+    if not line.startswith("data:") or line[5:].strip() == "[DONE]":
+        return None
+    chunk = json.loads(line[5:])
+    if "error" in chunk:
+        message = (chunk["error"] or {}).get("message")
+        raise InferenceUnavailable(f"The model server failed mid-answer: {message}")
+    return chunk
+
+
+def _is_done(line: str) -> bool:
+    return line.startswith("data:") and line[5:].strip() == "[DONE]"
+
+
+def _post(path: str, body: dict) -> dict:
+    try:
+        response = _client().post(path, json=body)
+    except httpx.HTTPError as error:
+        raise _unavailable(error) from error
+    if response.status_code >= 400:
+        raise _error_for(response)
+    return response.json()
 
 
 def inference_tokenize(
@@ -68,54 +111,76 @@ def inference_tokenize(
     """`{"count", "max_model_len", "tokens", "token_strs"}` for raw text or a chat through the template."""
     body = {"model": model, "return_token_strs": True, "add_generation_prompt": add_generation_prompt}
     body.update({"messages": messages} if messages is not None else {"prompt": prompt})
-    try:
-        with _client(read_timeout=30) as client:
-            response = client.post("/tokenize", json=body)
-    except httpx.HTTPError as error:
-        raise _unavailable(error) from error
-    _raise_for(response)
-    return response.json()
+    return _post("/tokenize", body)
 
 
 def inference_complete(*, body: dict) -> dict:
     """One non-streaming `/v1/completions` call (the playground's document simulator)."""
-    try:
-        with _client() as client:
-            response = client.post("/v1/completions", json={**body, "stream": False})
-    except httpx.HTTPError as error:
-        raise _unavailable(error) from error
-    _raise_for(response)
-    return response.json()
+    return _post("/v1/completions", {**body, "stream": False})
 
 
 def inference_chat(*, body: dict) -> dict:
     """One non-streaming `/v1/chat/completions` call."""
-    try:
-        with _client() as client:
-            response = client.post("/v1/chat/completions", json={**body, "stream": False})
-    except httpx.HTTPError as error:
-        raise _unavailable(error) from error
-    _raise_for(response)
-    return response.json()
+    return _post(CHAT_PATH, {**body, "stream": False})
 
 
 def inference_chat_stream(*, body: dict) -> Iterator[dict]:
     """Stream `/v1/chat/completions` chunks as dicts. Closing the iterator closes the connection, which
     makes the engine cancel the request and free its slot."""
     try:
-        with _client() as client, client.stream("POST", "/v1/chat/completions", json={**body, "stream": True}) as r:
-            if r.status_code >= 400:
-                r.read()
-                _raise_for(r)
-            for line in r.iter_lines():
-                if not line.startswith("data:"):
-                    continue
-                data = line[5:].strip()
-                if data == "[DONE]":
+        with _client().stream("POST", CHAT_PATH, json={**body, "stream": True}) as response:
+            if response.status_code >= 400:
+                response.read()
+                raise _error_for(response)
+            for line in response.iter_lines():
+                if _is_done(line):
                     return
-                chunk = json.loads(data)
-                if "error" in chunk:
-                    raise InferenceUnavailable(f"The model server failed mid-answer: {chunk['error'].get('message')}")
-                yield chunk
+                if (chunk := _chunk(line)) is not None:
+                    yield chunk
     except httpx.HTTPError as error:
         raise _unavailable(error) from error
+
+
+async def inference_chat_async(*, body: dict) -> dict:
+    """inference_chat for async views."""
+    try:
+        async with httpx.AsyncClient(base_url=settings.INFERENCE_URL, headers=_headers(), timeout=_timeout()) as c:
+            response = await c.post(CHAT_PATH, json={**body, "stream": False})
+    except httpx.HTTPError as error:
+        raise _unavailable(error) from error
+    if response.status_code >= 400:
+        raise _error_for(response)
+    return response.json()
+
+
+async def inference_chat_stream_async(*, body: dict) -> AsyncIterator[dict]:
+    """inference_chat_stream for async views. A refusal (429, 400, unreachable) raises here, before the
+    first chunk, so the caller can still answer with a status; errors mid-stream raise from the iterator."""
+    stack = AsyncExitStack()
+    try:
+        client = await stack.enter_async_context(
+            httpx.AsyncClient(base_url=settings.INFERENCE_URL, headers=_headers(), timeout=_timeout())
+        )
+        response = await stack.enter_async_context(client.stream("POST", CHAT_PATH, json={**body, "stream": True}))
+        if response.status_code >= 400:
+            await response.aread()
+            raise _error_for(response)
+    except httpx.HTTPError as error:
+        await stack.aclose()
+        raise _unavailable(error) from error
+    except BaseException:
+        await stack.aclose()
+        raise
+    return _chunks_async(stack, response)
+
+
+async def _chunks_async(stack: AsyncExitStack, response: httpx.Response) -> AsyncIterator[dict]:
+    async with stack:
+        try:
+            async for line in response.aiter_lines():
+                if _is_done(line):
+                    return
+                if (chunk := _chunk(line)) is not None:
+                    yield chunk
+        except httpx.HTTPError as error:
+            raise _unavailable(error) from error
