@@ -4,7 +4,6 @@ by the real worker with the real model, followed live over server-sent events.""
 import json
 import os
 import signal
-import subprocess
 import time
 import uuid
 from datetime import timedelta
@@ -397,11 +396,8 @@ def test_a_worker_killed_mid_answer_leaves_the_text_and_the_answer_can_be_retrie
 ):
     """kill -9 a real worker while it streams: the text so far stays, the answer is marked failed once
     it has been silent too long, and Retry (on the surviving worker) writes a complete answer."""
-    from django.db import connection
-
     from apps.chat.tasks import reply_generate_task
-    from config.celery import worker_argv
-    from tests.conftest import REPO_ROOT, database_url
+    from tests.conftest import celery_worker
 
     owner = make_user("ada")
     assistant = make_assistant(owner, max_tokens=300, temperature=0.8)
@@ -417,23 +413,15 @@ def test_a_worker_killed_mid_answer_leaves_the_text_and_the_answer_can_be_retrie
     Conversation.objects.filter(pk=conversation.pk).update(current_leaf=doomed)
 
     queue = f"chat-doomed-{os.getpid()}"  # only the worker about to be killed listens here
-    env = {**os.environ, "DATABASE_URL": database_url(connection.settings_dict), "INFERENCE_URL": inference_server}
-    env["DJANGO_SETTINGS_MODULE"] = "config.settings.test"
-    argv = worker_argv(concurrency=1, name=f"doomed-{os.getpid()}@%h", queues=(queue,))
-    worker = subprocess.Popen(argv, cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
+    with celery_worker(f"doomed-{os.getpid()}", queues=(queue,)) as worker:
         reply_generate_task.apply_async(args=[str(doomed.pk)], queue=queue)
         deadline = time.monotonic() + 120
         while len(Message.objects.get(pk=doomed.pk).content) < 30:
             assert time.monotonic() < deadline and worker.poll() is None, "the doomed worker never streamed"
             time.sleep(0.1)
-        for child in psutil.Process(worker.pid).children(recursive=True):  # the pool process streams
-            child.send_signal(signal.SIGKILL)
-        worker.send_signal(signal.SIGKILL)
+        for process in [*psutil.Process(worker.pid).children(recursive=True), worker]:  # the pool process streams
+            process.send_signal(signal.SIGKILL)
         worker.wait(10)
-    finally:
-        if worker.poll() is None:
-            worker.kill()
     doomed.refresh_from_db()
     assert doomed.status == Message.Status.STREAMING and len(doomed.content) >= 30  # kept, not lost
 
@@ -451,3 +439,11 @@ def test_a_worker_killed_mid_answer_leaves_the_text_and_the_answer_can_be_retrie
     retried = wait_until_finished(retried, timeout=180)
     assert retried.status == Message.Status.DONE and retried.content
     assert Message.objects.get(pk=doomed.pk).status == Message.Status.ERROR  # the old branch stays as it was
+
+
+def test_a_refused_first_message_leaves_no_empty_conversation(chat_model):
+    owner = make_user("ada")
+    assistant = make_assistant(owner)
+    page = signed_in(owner).post(reverse("chat:start", args=[assistant.slug]), {"content": "   "})
+    assert page.status_code == 200 and "empty" in page.content.decode()
+    assert not Conversation.objects.exists()

@@ -42,7 +42,7 @@ class Assistant(models.Model):
         ]
 
     def __str__(self) -> str:
-        return self.current_version.name if self.current_version_id else self.slug
+        return self.name
 
     @property
     def name(self) -> str:

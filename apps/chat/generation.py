@@ -12,7 +12,7 @@ from django.db import transaction
 from apps.chat.live import reply_event_publish, reply_events_reset, reply_stop_requested
 from apps.chat.models import Conversation, Message
 from apps.chat.prompt import ContextTooSmall, prompt_build
-from apps.chat.rendering import markdown_render
+from apps.chat.rendering import answer_done_event
 from apps.chat.selectors import message_ancestors
 from apps.chat.services import title_from
 from apps.core.inference_client import InferenceError, inference_chat, inference_chat_stream
@@ -51,14 +51,7 @@ def _token_entries(choice: dict) -> list[list]:
 def _finish(reply: Message, *, status: str, finish_reason: str = "", error: str = "") -> None:
     reply.status, reply.finish_reason, reply.error = status, finish_reason, error[:500]
     reply.save(update_fields=["status", "finish_reason", "error", "content", "tokens", "context", "updated_at"])
-    done = {
-        "status": status,
-        "html": markdown_render(reply.content),
-        "error": reply.error,
-        "finish_reason": finish_reason,
-        "context": reply.context,
-    }
-    reply_event_publish(message_id=reply.pk, event="done", data=done, final=True)
+    reply_event_publish(message_id=reply.pk, event="done", data=answer_done_event(reply), final=True)
 
 
 def reply_generate(*, message_id: str) -> str:
@@ -71,10 +64,7 @@ def reply_generate(*, message_id: str) -> str:
     history = message_ancestors(message=reply)[:-1]
     try:
         plan = prompt_build(version=version, history=history, user_name=owner.get_username() if owner else "")
-    except ContextTooSmall as error:
-        _finish(reply, status=Message.Status.ERROR, error=str(error))
-        return reply.status
-    except InferenceError as error:
+    except (ContextTooSmall, InferenceError) as error:
         _finish(reply, status=Message.Status.ERROR, error=str(error))
         return reply.status
     reply.context = plan.report

@@ -7,6 +7,7 @@ holds the same text (flushed a few times a second and at the end), so once the s
 message row alone tells the whole story. Stop requests travel the other way, as a flag the worker polls.
 """
 
+import functools
 import json
 
 import redis
@@ -24,33 +25,37 @@ def _stop_key(message_id) -> str:
     return f"atelier:reply:{message_id}:stop"
 
 
-def _client() -> redis.Redis:
-    return redis.Redis.from_url(settings.REDIS_URL)
+@functools.cache
+def _pool(url: str) -> redis.Redis:
+    return redis.Redis.from_url(url)
+
+
+def redis_client() -> redis.Redis:
+    """This process's client (its pool is thread-safe, and redis-py re-creates it after a fork)."""
+    return _pool(settings.REDIS_URL)
 
 
 def reply_events_reset(*, message_id) -> None:
     """A (re)started generation: viewers drop what they showed so far."""
-    with _client() as client:
-        client.delete(_stream_key(message_id))
-        client.xadd(_stream_key(message_id), {"event": "reset", "data": "{}"})
-        client.expire(_stream_key(message_id), STREAM_TTL_SECONDS * 6)
+    key = _stream_key(message_id)
+    redis_client().pipeline().delete(key).xadd(key, {"event": "reset", "data": "{}"}).expire(
+        key, STREAM_TTL_SECONDS * 6
+    ).execute()
 
 
 def reply_event_publish(*, message_id, event: str, data: dict, final: bool = False) -> None:
-    with _client() as client:
-        client.xadd(_stream_key(message_id), {"event": event, "data": json.dumps(data)})
-        if final:
-            client.expire(_stream_key(message_id), STREAM_TTL_SECONDS)
+    client = redis_client()
+    client.xadd(_stream_key(message_id), {"event": event, "data": json.dumps(data)})
+    if final:
+        client.expire(_stream_key(message_id), STREAM_TTL_SECONDS)
 
 
 def reply_stop_request(*, message_id) -> None:
-    with _client() as client:
-        client.set(_stop_key(message_id), "1", ex=STREAM_TTL_SECONDS)
+    redis_client().set(_stop_key(message_id), "1", ex=STREAM_TTL_SECONDS)
 
 
 def reply_stop_requested(*, message_id) -> bool:
-    with _client() as client:
-        return bool(client.exists(_stop_key(message_id)))
+    return bool(redis_client().exists(_stop_key(message_id)))
 
 
 async def reply_events_follow(*, message_id, block_ms: int = 15000):

@@ -1,14 +1,16 @@
-"""Per-IP limits for anonymous share-link visitors: a fixed one-hour window counted in Redis."""
+"""Per-IP limits for anonymous share-link visitors: a fixed one-hour window counted in the cache (Redis)."""
 
 import time
 
-import redis
 from django.conf import settings
+from django.core.cache import cache
+
+from apps.chat.services import ChatError
 
 WINDOW_SECONDS = 3600
 
 
-class RateLimited(Exception):
+class RateLimited(ChatError):
     """Too many messages from one address; the message says when to come back."""
 
 
@@ -17,8 +19,8 @@ def anonymous_message_allow(*, ip: str) -> None:
     limit = settings.ATELIER_ANONYMOUS_MESSAGES_PER_HOUR
     window = int(time.time()) // WINDOW_SECONDS
     key = f"atelier:rate:anonymous:{ip or 'unknown'}:{window}"
-    with redis.Redis.from_url(settings.REDIS_URL) as client:
-        count, _ = client.pipeline().incr(key).expire(key, WINDOW_SECONDS).execute()
+    cache.add(key, 0, WINDOW_SECONDS)  # only the first message of the window sets the expiry
+    count = cache.incr(key)
     if count > limit:
         minutes = max(1, ((window + 1) * WINDOW_SECONDS - int(time.time())) // 60)
         raise RateLimited(

@@ -26,3 +26,15 @@ def markdown_render(text: str) -> str:
         link_rel="noopener noreferrer nofollow",
         filter_style_properties={"text-align"},
     )
+
+
+def answer_done_event(message) -> dict:
+    """The final server-sent event of an answer, from the worker or for a late viewer: its end state and
+    its text rendered and sanitized (the one HTML the browser inserts)."""
+    return {
+        "status": message.status,
+        "html": markdown_render(message.content),
+        "error": message.error,
+        "finish_reason": message.finish_reason,
+        "context": message.context,
+    }

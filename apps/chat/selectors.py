@@ -8,17 +8,6 @@ from apps.assistants.selectors import can_chat, share_link_valid
 from apps.chat.models import Conversation, Message
 
 
-def message_ancestors(*, message: Message) -> list[Message]:
-    """The branch from the conversation's first message down to `message`, in order."""
-    by_id = {m.pk: m for m in Message.objects.filter(conversation_id=message.conversation_id)}
-    chain, node = [], by_id.get(message.pk, message)
-    while node is not None:
-        chain.append(node)
-        node = by_id.get(node.parent_id)
-    chain.reverse()
-    return chain
-
-
 @dataclass
 class ThreadEntry:
     message: Message
@@ -51,6 +40,11 @@ def conversation_thread(*, conversation: Conversation, leaf: Message | None = No
         node = by_id.get(node.parent_id)
     entries.reverse()
     return entries
+
+
+def message_ancestors(*, message: Message) -> list[Message]:
+    """The branch from the conversation's first message down to `message`, in order."""
+    return [entry.message for entry in conversation_thread(conversation=message.conversation, leaf=message)]
 
 
 def conversation_list(*, user=None, session_key: str = "", query: str = "") -> QuerySet[Conversation]:

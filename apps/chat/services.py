@@ -71,23 +71,31 @@ def _clean(content: str) -> str:
 
 @transaction.atomic
 def conversation_start(
-    *, assistant: Assistant, owner=None, session_key: str = "", share_token: str = ""
+    *,
+    assistant: Assistant,
+    owner=None,
+    session_key: str = "",
+    share_token: str = "",
+    first_message: str | None = None,
 ) -> Conversation:
+    """A new conversation; with `first_message`, also its first question and queued answer, so a refused
+    message (empty, too long) leaves no empty conversation behind."""
     if owner is None and not session_key:
         raise ChatError("A conversation belongs to a signed-in user or to a browser session.")
-    return Conversation.objects.create(
+    conversation = Conversation.objects.create(
         assistant=assistant, owner=owner, session_key="" if owner else session_key, share_token=share_token
     )
+    if first_message is not None:
+        message_send(conversation=conversation, content=first_message)
+    return conversation
 
 
 @transaction.atomic
-def message_send(*, conversation: Conversation, content: str, parent: Message | None = None) -> tuple[Message, Message]:
-    """Append a question under `parent` (default: the end of the branch on screen) and queue its answer."""
+def message_send(*, conversation: Conversation, content: str) -> tuple[Message, Message]:
+    """Append a question to the end of the branch on screen and queue its answer."""
     conversation = Conversation.objects.select_for_update().get(pk=conversation.pk)
     content = _clean(content)
-    parent = parent if parent is not None else conversation.current_leaf
-    if parent is not None and (parent.conversation_id != conversation.pk or parent.role != Message.Role.ASSISTANT):
-        raise ChatError("A question follows an answer in the same conversation.")
+    parent = conversation.current_leaf
     if parent is not None and not parent.finished:
         raise ChatError("Wait for the answer to finish (or stop it) before sending the next message.")
     question = Message.objects.create(conversation=conversation, parent=parent, role=Message.Role.USER, content=content)

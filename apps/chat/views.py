@@ -3,6 +3,8 @@
 so ids cannot be probed."""
 
 import json
+from collections.abc import Callable
+from typing import TypeVar
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
@@ -22,8 +24,8 @@ from apps.assistants.selectors import assistant_get_by_share_token, can_chat, ca
 from apps.chat import services
 from apps.chat.live import reply_events_follow
 from apps.chat.models import Conversation, Message
-from apps.chat.ratelimit import RateLimited, anonymous_message_allow
-from apps.chat.rendering import markdown_render
+from apps.chat.ratelimit import anonymous_message_allow
+from apps.chat.rendering import answer_done_event, markdown_render
 from apps.chat.selectors import (
     conversation_get_by_snapshot,
     conversation_get_for_viewer,
@@ -33,6 +35,8 @@ from apps.chat.selectors import (
 )
 from apps.core.inference_client import InferenceError, inference_complete, inference_tokenize
 from apps.registry.selectors import base_model_get_ready
+
+T = TypeVar("T")
 
 
 def _session_key(request, *, create: bool = False) -> str:
@@ -104,19 +108,17 @@ def share_start(request, token: str):
 def _start(request, *, assistant: Assistant, share_token: str):
     content = request.POST.get("content", "") if request.method == "POST" else ""
     if request.method == "POST":
-        try:
-            if not request.user.is_authenticated:
-                anonymous_message_allow(ip=_client_ip(request))
-            conversation = services.conversation_start(
+        conversation = _queue_answer(
+            request,
+            lambda: services.conversation_start(
                 assistant=assistant,
                 owner=request.user if request.user.is_authenticated else None,
                 session_key="" if request.user.is_authenticated else _session_key(request, create=True),
                 share_token=share_token,
-            )
-            services.message_send(conversation=conversation, content=content)
-        except (services.ChatError, RateLimited) as error:
-            messages.error(request, str(error))
-        else:
+                first_message=content,
+            ),
+        )
+        if conversation is not None:
             return redirect("chat:conversation", conversation.pk)
     visitor_conversations = (
         conversation_list(user=request.user, session_key=_session_key(request)).filter(assistant=assistant)[:20]
@@ -139,9 +141,10 @@ def _start(request, *, assistant: Assistant, share_token: str):
 @require_GET
 def conversation_detail(request, conversation_id):
     conversation = _conversation_or_404(request, conversation_id)
-    for entry in conversation_thread(conversation=conversation):
-        services.reply_fail_if_abandoned(message=entry.message)
-    thread = _rendered(conversation_thread(conversation=conversation))
+    thread = conversation_thread(conversation=conversation)
+    for entry in thread:
+        services.reply_fail_if_abandoned(message=entry.message)  # updates the entry's message in place
+    thread = _rendered(thread)
     last_answer = next((e.message for e in reversed(thread) if e.message.role == Message.Role.ASSISTANT), None)
     context = {
         "conversation": conversation,
@@ -151,8 +154,6 @@ def conversation_detail(request, conversation_id):
         "draft": request.session.pop("chat_draft", ""),
         "recent": conversation_list(user=request.user, session_key=_session_key(request))[:30],
         "gauge": _gauge(last_answer.context if last_answer else {}),
-        "gauge_kinds": [kind for kind, _ in GAUGE_PARTS],
-        "gauge_labels": GAUGE_PARTS,
         "is_owner": can_edit(user=request.user, assistant=conversation.assistant),
         "snapshot_url": request.build_absolute_uri(reverse("chat:snapshot", args=[conversation.snapshot_token]))
         if conversation.snapshot_token
@@ -170,59 +171,52 @@ GAUGE_PARTS = (
 )
 
 
-def _gauge(report: dict) -> dict | None:
-    """Shares of the context window, for the gauge under the chat (chat.js redraws it live)."""
-    window = report.get("window")
-    if not window:
-        return None
-    parts = [(kind, label, report.get(kind, 0)) for kind, label in GAUGE_PARTS]
+def _gauge(report: dict) -> dict:
+    """Shares of the context window, for the gauge under the chat. Without a report yet (no answer has
+    been budgeted) it is empty and hidden; chat.js fills it live from the answer's `context` event."""
+    window = report.get("window") or 0
     segments, offset = [], 0.0
-    for kind, label, tokens in parts:
-        percent = round(100 * tokens / window, 2)
+    for kind, label in GAUGE_PARTS:
+        tokens = report.get(kind, 0)
+        percent = round(100 * tokens / window, 2) if window else 0
         segments.append({"kind": kind, "label": label, "tokens": tokens, "percent": percent, "offset": offset})
         offset += percent
     return {"window": window, "segments": segments, "dropped": report.get("turns_dropped", 0)}
 
 
-@require_POST
-def message_send(request, conversation_id):
-    conversation = _conversation_or_404(request, conversation_id)
-    parent = None
-    if request.POST.get("parent"):
-        parent = Message.objects.filter(conversation=conversation, pk=request.POST["parent"]).first()
-        if parent is None:
-            raise Http404("No such message in this conversation.")
+def _queue_answer(request, write: Callable[[], T]) -> T | None:
+    """Run a write that queues an answer, counting an anonymous visitor's message against their limit
+    first. A refusal becomes a message on the page and None."""
     try:
         if not request.user.is_authenticated:
             anonymous_message_allow(ip=_client_ip(request))
-        services.message_send(conversation=conversation, content=request.POST.get("content", ""), parent=parent)
-    except (services.ChatError, RateLimited) as error:
+        return write()
+    except services.ChatError as error:
         messages.error(request, str(error))
-        request.session["chat_draft"] = request.POST.get("content", "")  # the words are never lost
+        return None
+
+
+@require_POST
+def message_send(request, conversation_id):
+    conversation = _conversation_or_404(request, conversation_id)
+    content = request.POST.get("content", "")
+    if _queue_answer(request, lambda: services.message_send(conversation=conversation, content=content)) is None:
+        request.session["chat_draft"] = content  # the words are never lost
     return redirect("chat:conversation", conversation.pk)
 
 
 @require_POST
 def message_edit(request, message_id):
     message = _message_or_404(request, message_id)
-    try:
-        if not request.user.is_authenticated:
-            anonymous_message_allow(ip=_client_ip(request))
-        services.message_edit(message=message, content=request.POST.get("content", ""))
-    except (services.ChatError, RateLimited) as error:
-        messages.error(request, str(error))
+    content = request.POST.get("content", "")
+    _queue_answer(request, lambda: services.message_edit(message=message, content=content))
     return redirect("chat:conversation", message.conversation_id)
 
 
 @require_POST
 def message_regenerate(request, message_id):
     message = _message_or_404(request, message_id)
-    try:
-        if not request.user.is_authenticated:
-            anonymous_message_allow(ip=_client_ip(request))
-        services.reply_regenerate(message=message)
-    except (services.ChatError, RateLimited) as error:
-        messages.error(request, str(error))
+    _queue_answer(request, lambda: services.reply_regenerate(message=message))
     return redirect("chat:conversation", message.conversation_id)
 
 
@@ -352,16 +346,6 @@ def _sse(event: str, data: dict) -> str:
     return f"event: {event}\ndata: {json.dumps(data)}\n\n"
 
 
-def _done_payload(message: Message) -> dict:
-    return {
-        "status": message.status,
-        "html": markdown_render(message.content),
-        "error": message.error,
-        "finish_reason": message.finish_reason,
-        "context": message.context,
-    }
-
-
 async def message_events(request, message_id):
     """Server-sent events for one answer: every token from the start, then `done` with the sanitized HTML.
 
@@ -378,13 +362,13 @@ async def message_events(request, message_id):
 
     async def events():
         if message.finished:
-            yield _sse("done", _done_payload(message))
+            yield _sse("done", answer_done_event(message))
             return
         async for event, data in reply_events_follow(message_id=message.pk, block_ms=3000):
             if event == "idle":  # quiet: was it stopped in the queue, or did its stream expire?
                 current = await refreshed()
                 if current.finished:
-                    yield _sse("done", _done_payload(current))
+                    yield _sse("done", answer_done_event(current))
                     return
                 yield ": waiting\n\n"
                 continue
