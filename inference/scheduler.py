@@ -87,8 +87,9 @@ class Sequence:
     prefilled: int = 0  # prompt tokens prefilled (choice 0 only; the others copy its cache)
     pending: int | None = None  # sampled, not yet in the KV cache
     generated: int = 0
-    emitted: str = ""  # text sent to the client
-    held: str = ""  # text held back: it may be the start of a stop sequence
+    # Text not yet sent: the longest end that could still grow into a stop sequence. A stop can only
+    # start inside it (anything earlier was not a stop prefix when it was sent), so only it is searched.
+    held: str = ""
     finished: bool = False
 
     @property
@@ -296,9 +297,9 @@ class Engine:
             handle.send(Event("token", seq.index, self._release_text(seq, final=True), token=choice))
             return self._finish_sequence(seq, "stop")
         seq.held += seq.detokenizer.push(choice.token)
-        stop_at = _find_stop(seq.emitted + seq.held, handle.request.stop)
+        stop_at = _find_stop(seq.held, handle.request.stop)
         if stop_at is not None:
-            seq.held = (seq.emitted + seq.held)[len(seq.emitted) : stop_at]
+            seq.held = seq.held[:stop_at]
             handle.send(Event("token", seq.index, self._release_text(seq, final=True), token=choice))
             return self._finish_sequence(seq, "stop")
         out_of_room = seq.length + 1 >= self.capacity
@@ -310,10 +311,9 @@ class Engine:
         seq.pending = choice.token
 
     def _release_text(self, seq: Sequence, *, final: bool) -> str:
-        keep = 0 if final else _stop_prefix_length(seq.emitted + seq.held, seq.handle.request.stop)
-        out = seq.held[: len(seq.held) - keep] if keep else seq.held
+        keep = 0 if final else _stop_prefix_length(seq.held, seq.handle.request.stop)
+        out = seq.held[: len(seq.held) - keep]
         seq.held = seq.held[len(out) :]
-        seq.emitted += out
         return out
 
     def _finish_sequence(self, seq: Sequence, reason: str) -> None:
