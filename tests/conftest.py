@@ -12,7 +12,8 @@ import socket
 import subprocess
 import sys
 import time
-from contextlib import ExitStack
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from urllib.parse import quote
 
@@ -80,18 +81,56 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def wait_for_http(url: str, process: subprocess.Popen, *, timeout: float, what: str) -> None:
+def wait_for_http(url: str, process: subprocess.Popen, *, timeout: float, what: str, any_status=False) -> None:
+    """Until `url` answers below 500 (with any_status: answers at all), or fail naming `what`."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"{what} exited with {process.returncode} before answering")
         try:
-            if httpx.get(url, timeout=2).status_code < 500:
-                return
+            status = httpx.get(url, timeout=5).status_code
         except httpx.HTTPError:
-            time.sleep(0.3)
+            status = None
+        if status is not None and (any_status or status < 500):
+            return
+        time.sleep(0.3)
     process.kill()
     raise RuntimeError(f"{what} did not answer {url} within {timeout:.0f} s")
+
+
+def stack_env(**extra: str) -> dict[str, str]:
+    """The environment of a product process (web, worker) that runs against this test run's database,
+    Redis and inference server."""
+    from django.conf import settings
+    from django.db import connection
+
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "config.settings.test",
+        "DATABASE_URL": database_url(connection.settings_dict),
+        "REDIS_URL": settings.REDIS_URL,
+        "INFERENCE_URL": settings.INFERENCE_URL,
+        **extra,
+    }
+    env.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)  # set by `browser` for this process only
+    return env
+
+
+@contextmanager
+def service_process(name: str, argv: list[str], env: dict[str, str]) -> Iterator[subprocess.Popen]:
+    """A subprocess logging to var dir/<name>.log, terminated (then killed) on exit."""
+    log_path = Path(os.environ["ATELIER_VAR_DIR"]) / f"{name}.log"
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(argv, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        process.log_path = log_path
+        try:
+            yield process
+        finally:
+            process.terminate()
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                process.kill()
 
 
 @pytest.fixture(scope="session")
@@ -109,60 +148,42 @@ def real_models(django_db_setup, django_db_blocker) -> dict[tuple[str, str], Pat
 
 @pytest.fixture(scope="session")
 def inference_server(real_models):
-    """`python -m inference.server` with the real SmolLM2 (q4) and MiniLM; the test process and the
-    test Celery worker are pointed at it."""
+    """`python -m inference.server` with the real SmolLM2 (q4) and MiniLM; the test process, the test
+    Celery worker and the test web server are pointed at it."""
     from django.conf import settings
 
     port = free_port()
     env = {**os.environ, "INFERENCE_MAX_SEQS": "8", "INFERENCE_CONTEXT": "1024", "INFERENCE_API_KEY": ""}
-    log = open(Path(os.environ["ATELIER_VAR_DIR"]) / "inference-test-server.log", "w")  # noqa: SIM115
     argv = [sys.executable, "-m", "inference.server", "--port", str(port), "--models-root", str(settings.MODELS_DIR)]
-    process = subprocess.Popen(argv, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    previous = settings.INFERENCE_URL
-    try:
-        wait_for_http(f"{base}/health", process, timeout=180, what=f"The inference server (log: {log.name})")
+    base, previous = f"http://127.0.0.1:{port}", settings.INFERENCE_URL
+    with service_process("inference-test-server", argv, env) as process:
+        wait_for_http(f"{base}/health", process, timeout=180, what=f"The inference server ({process.log_path})")
         settings.INFERENCE_URL = base
-        yield base
-    finally:
-        settings.INFERENCE_URL = previous
-        process.terminate()
         try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        log.close()
+            yield base
+        finally:
+            settings.INFERENCE_URL = previous
+
+
+@contextmanager
+def celery_worker(name: str, *, queues: tuple[str, ...] | None = None) -> Iterator[subprocess.Popen]:
+    """A real `celery worker` process against the test database, up once it answers a ping."""
+    from config.celery import QUEUES, app, worker_argv
+
+    argv = worker_argv(concurrency=1, name=f"{name}@%h", queues=queues or QUEUES)
+    with service_process(name, argv, stack_env()) as process:
+        deadline = time.monotonic() + 60
+        while not app.control.ping(timeout=0.5, destination=[f"{name}@{os.uname().nodename}"]):
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"The Celery worker {name} did not come up; see {process.log_path}")
+        yield process
 
 
 @pytest.fixture(scope="session")
 def celery_worker_process(django_db_setup, inference_server):
     """A real `celery worker` process, consuming the product's queues against the test database."""
-    from django.db import connection
-
-    from config.celery import app, worker_argv
-
-    env = {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": "config.settings.test",
-        "DATABASE_URL": database_url(connection.settings_dict),
-        "INFERENCE_URL": inference_server,
-    }
-    log = open(Path(os.environ["ATELIER_VAR_DIR"]) / "celery-test-worker.log", "w")  # noqa: SIM115
-    argv = worker_argv(concurrency=1, name=f"test-{os.getpid()}@%h")
-    process = subprocess.Popen(argv, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 60
-    try:
-        while not app.control.ping(timeout=0.5, destination=[f"test-{os.getpid()}@{os.uname().nodename}"]):
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"The test Celery worker did not come up; see {log.name}")
+    with celery_worker(f"test-{os.getpid()}") as process:
         yield process
-    finally:
-        process.terminate()
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        log.close()
 
 
 # Real-browser tests: the ASGI web app as a subprocess, and Debian's chromium driven by Playwright.
@@ -189,58 +210,27 @@ def web_server(celery_worker_process, inference_server):
     that use it must be `@pytest.mark.django_db(transaction=True)`; in a plain `django_db` test the data
     stays in the test's open transaction and the server never sees it.
     """
-    from django.conf import settings
-    from django.db import connection
-
     port = free_port()
-    env = {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": "config.settings.test",
-        "DATABASE_URL": database_url(connection.settings_dict),
-        "REDIS_URL": settings.REDIS_URL,
-        "INFERENCE_URL": inference_server,
-    }
-    env.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)  # set by `browser` for this process only; the app must not have it
-    log = open(Path(os.environ["ATELIER_VAR_DIR"]) / "web-test-server.log", "w")  # noqa: SIM115
     argv = [sys.executable, "-m", "uvicorn", "config.asgi:application"]
     argv += ["--host", "127.0.0.1", "--port", str(port), "--lifespan", "off"]
-    process = subprocess.Popen(argv, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
-    try:
+    with service_process("web-test-server", argv, stack_env()) as process:
         # /healthz answers 503 while a part is unhealthy; any answer at all means the app is serving.
-        deadline = time.monotonic() + 60
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"The test web server exited with {process.returncode}; see {log.name}")
-            try:
-                httpx.get(f"{base}/healthz", timeout=5)
-                break
-            except httpx.HTTPError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"The test web server did not answer {base}/healthz; see {log.name}") from None
-                time.sleep(0.3)
+        wait_for_http(
+            f"{base}/healthz", process, timeout=60, what=f"The web server ({process.log_path})", any_status=True
+        )
         yield base
-    finally:
-        process.terminate()
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        log.close()
 
 
 @pytest.fixture(scope="module")
 def browser(web_server):
     """Debian's headless chromium, driven by Playwright (which never downloads a browser here).
 
-    Module-scoped: while Playwright is open, its event loop counts as running in this thread, so any
-    later test calling asyncio.run() (the engine's scheduler tests) would fail if it outlived the module.
-
-    Playwright's sync API marks an asyncio loop as running in this thread for as long as it is open, and
-    Django then refuses every ORM call (SynchronousOnlyOperation), the test's own and pytest-django's
-    flush alike. So DJANGO_ALLOW_ASYNC_UNSAFE is set while the browser is open. It depends on
-    `web_server` so that the web server, the Celery worker and the inference server are all started
-    first: their environment is copied from this process and must not carry the flag.
+    Playwright's sync API marks an asyncio loop as running in this thread for as long as it is open. So:
+    - it is module-scoped, or a later test calling asyncio.run() (the engine's scheduler tests) fails;
+    - Django refuses every ORM call meanwhile (SynchronousOnlyOperation), the test's own and
+      pytest-django's flush alike, so DJANGO_ALLOW_ASYNC_UNSAFE is set while it is open. The product
+      processes never get the flag: stack_env() drops it.
     """
     from playwright.sync_api import sync_playwright
 

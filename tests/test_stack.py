@@ -5,7 +5,6 @@ import contextlib
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -16,16 +15,10 @@ import psutil
 import pytest
 from django.conf import settings
 
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db]
 ADMIN_PASSWORD = "stack-test-admin-passphrase"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _processes_using(path: str) -> list[psutil.Process]:
@@ -42,7 +35,7 @@ def _processes_using(path: str) -> list[psutil.Process]:
 
 
 def test_serve_starts_everything_green_and_ctrl_c_stops_it(tmp_path, models_ready):
-    var_dir, port, inference_port = str(tmp_path / "var"), _free_port(), _free_port()
+    var_dir, port, inference_port = str(tmp_path / "var"), free_port(), free_port()
     env = {
         key: value
         for key, value in os.environ.items()
