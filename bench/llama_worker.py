@@ -1,7 +1,7 @@
 """llama.cpp side of the benchmark, run by the llama-cpp-python venv's own interpreter (not Atelier's).
 
-It must import nothing from this repository. Protocol: one JSON job per line on stdin, one JSON answer
-per line on stdout ({"ok": true, ...} or {"ok": false, "error": ...}); the first job is "load".
+It imports nothing from this repository but bench/protocol.py (standard library only; the jobs' line
+protocol, shared with bench/workers.py). The first job is "load".
 
     {"op": "load", "gguf": PATH, "threads": 2, "n_ctx": 4096, "n_batch": 512}
     {"op": "prefill", "ids": [...], "repeat": 3}      -> {"seconds": [...]}   llm.eval() of the prompt
@@ -10,14 +10,11 @@ per line on stdout ({"ok": true, ...} or {"ok": false, "error": ...}); the first
     {"op": "quit"}
 """
 
-import json
-import os
-import sys
 import time
-import traceback
 
 import numpy as np
 from llama_cpp import Llama, __version__
+from protocol import serve  # this script's own folder is first on sys.path
 
 llm = None
 settings: dict = {}
@@ -85,19 +82,7 @@ OPS = {"load": load, "prefill": prefill, "decode": decode, "perplexity": perplex
 
 
 def main() -> None:
-    # Answers go to a private copy of stdout; anything the native library prints goes to stderr.
-    answers = os.fdopen(os.dup(1), "w")
-    os.dup2(2, 1)
-    for line in sys.stdin:
-        job = json.loads(line)
-        if job["op"] == "quit":
-            break
-        try:
-            answer = {"ok": True, **OPS[job["op"]](job)}
-        except Exception as error:
-            answer = {"ok": False, "error": f"{type(error).__name__}: {error}", "trace": traceback.format_exc()}
-        answers.write(json.dumps(answer) + "\n")
-        answers.flush()
+    serve(lambda job: OPS[job["op"]](job))
 
 
 if __name__ == "__main__":

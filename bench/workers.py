@@ -7,14 +7,14 @@ stdout. A process per competitor keeps their thread pools and memory apart, and 
 interleave the competitors' repetitions without loading a model twice.
 """
 
-import json
 import os
 import sys
 import time
-import traceback
 from pathlib import Path
 
 import numpy as np
+
+from bench.protocol import serve
 
 
 class AtelierWorker:
@@ -133,18 +133,7 @@ WORKERS = {"atelier": AtelierWorker, "transformers": TransformersWorker}
 
 def main() -> None:
     worker = WORKERS[sys.argv[1]]()
-    answers = os.fdopen(os.dup(1), "w")  # answers only; library chatter on stdout goes to stderr
-    os.dup2(2, 1)
-    for line in sys.stdin:
-        job = json.loads(line)
-        if job["op"] == "quit":
-            break
-        try:
-            answer = {"ok": True, **getattr(worker, job["op"])(job)}
-        except Exception as error:
-            answer = {"ok": False, "error": f"{type(error).__name__}: {error}", "trace": traceback.format_exc()}
-        answers.write(json.dumps(answer) + "\n")
-        answers.flush()
+    serve(lambda job: getattr(worker, job["op"])(job))
 
 
 if __name__ == "__main__":
