@@ -36,7 +36,14 @@ def test_build_chat_reload_inspect_share_and_chat_anonymously(web_server, browse
     page.fill("input[name=temperature]", "0.8")
     page.click("form#assistant-form button[type=submit]")
     expect(page.locator(".flash")).to_contain_text("version 1")
-    page.screenshot(path=artifacts_dir / "1-assistant-created.png", full_page=True)
+
+    # The live preview beside the form streams an answer from the engine with the unsaved settings.
+    page.fill("[data-preview-message]", "Say hello in five words.")
+    page.click("[data-preview-send]")
+    preview = page.locator(".preview-turn-assistant").last
+    expect(preview).not_to_have_class(re.compile("is-streaming"), timeout=120_000)
+    assert preview.inner_text().strip() and page.locator(".preview-turn-error").count() == 0
+    page.screenshot(path=artifacts_dir / "1-assistant-created-with-preview.png", full_page=True)
 
     # 3. Chat, and see the answer stream in.
     page.click("text=Chat with it")
