@@ -71,6 +71,25 @@ def test_chunked_prefill_and_batched_decode_at_different_lengths_match_torch(tin
     np.testing.assert_allclose(step[2, 0], torch_logits(tiny["model"], [*short, 12])[-1], atol=2e-4)
 
 
+def test_steps_on_the_same_rows_with_other_shapes_reuse_the_binding_correctly(tiny):
+    # forward() keeps one IOBinding per row range; every step's logits must still be that step's own,
+    # whatever the number of tokens and of logits positions asked for.
+    session = DecoderSession(tiny["root"] / "dense", max_rows=2, capacity=64)
+    ids = [*PROMPT, 11, 12]
+    n = len(PROMPT)
+    first = session.forward(np.array([PROMPT]), start=1, lengths=np.array([n]), logits_index=np.arange(n))
+    step = session.forward(np.array([[11]]), start=1, lengths=np.array([n + 1]), logits_index=np.array([0]))
+    last = session.forward(np.array([[12]]), start=1, lengths=np.array([n + 2]), logits_index=np.array([0]))
+    again = session.forward(np.array([PROMPT[:3]]), start=1, lengths=np.array([3]), logits_index=np.arange(3))
+    expected = torch_logits(tiny["model"], ids)
+    assert first.shape[1] == n and step.shape[1] == 1 and again.shape[1] == 3
+    np.testing.assert_allclose(first[0], expected[:n], atol=2e-4)
+    np.testing.assert_allclose(step[0, 0], expected[n], atol=2e-4)
+    np.testing.assert_allclose(last[0, 0], expected[n + 1], atol=2e-4)
+    np.testing.assert_allclose(again[0], expected[:3], atol=2e-4)
+    np.testing.assert_allclose(first[0], expected[:n], atol=2e-4)  # an earlier result is not overwritten
+
+
 def test_quantized_graph_computes_exactly_its_dequantized_weights(tiny):
     # The q4 graph (MatMulNBits + offset correction, int8 activations) against a dense graph holding the
     # very weights the blocks decode to: only activation rounding may differ.
