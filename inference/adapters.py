@@ -69,7 +69,7 @@ class AdapterBank:
             self._slot_of[adapter_id] = slot
             self._slot_of.move_to_end(adapter_id)
             self._modules[adapter_id] = modules
-            self._refresh(slot)
+            self._refresh(slot, modules)
 
     def unload(self, adapter_id: str) -> None:
         with self._lock:
@@ -79,7 +79,7 @@ class AdapterBank:
                 raise AdaptersBusy(f"adapter {adapter_id!r} is in use by running requests; retry when they finish")
             slot = self._slot_of.pop(adapter_id)
             del self._modules[adapter_id]
-            self._refresh(slot)
+            self._refresh(slot, {})
 
     def acquire(self, adapter_id: str) -> int:
         """The slot of a loaded adapter, pinned until release(): running requests are never evicted."""
@@ -107,12 +107,14 @@ class AdapterBank:
 
     def _needed_layout(self) -> dict[str, tuple[int, tuple[str, ...]]]:
         """Per group: the band rank and the modules that the loaded adapters target."""
+        ranks: dict[str, int] = {}  # module -> the largest rank any loaded adapter gives it
+        for modules in self._modules.values():
+            for (_, module), (a, _) in modules.items():
+                ranks[module] = max(ranks.get(module, 0), a.shape[0])
         layout = {}
         for group in LORA_GROUPS:
-            targeted = {m for modules in self._modules.values() for (_, m) in modules}
-            members = tuple(m for m in LORA_GROUP_MODULES[group] if m in targeted)
-            ranks = [a.shape[0] for modules in self._modules.values() for (_, m), (a, _) in modules.items()]
-            layout[group] = (max(ranks, default=0) if members else 0, members)
+            members = tuple(m for m in LORA_GROUP_MODULES[group] if m in ranks)
+            layout[group] = (max((ranks[m] for m in members), default=0), members)
         return layout
 
     def _build_banks(self) -> dict[str, np.ndarray]:
@@ -125,19 +127,16 @@ class AdapterBank:
             banks[f"lora.{group}.B"] = np.zeros((self.config.num_layers * self.slots, band, n), np.float32)
         return banks
 
-    def _refresh(self, slot: int) -> None:
-        """After loading into or freeing `slot`: rewrite that slot in place, or build and swap new banks
-        when the loaded adapters need other band widths."""
+    def _refresh(self, slot: int, modules: dict) -> None:
+        """After loading `modules` into `slot` (or freeing it: no modules): rewrite that slot in place, or
+        build and swap new banks when the loaded adapters need other band widths."""
         if self._needed_layout() == self.layout:
-            self._write(self.banks, slot, self._modules.get(self._adapter_in(slot), {}))
+            self._write(self.banks, slot, modules)
             return
         banks = self._build_banks()
         for adapter_id, adapter_slot in self._slot_of.items():
             self._write(banks, adapter_slot, self._modules[adapter_id])
         self.banks = banks  # one assignment: the engine reads either the old banks or the new
-
-    def _adapter_in(self, slot: int) -> str | None:
-        return next((a for a, s in self._slot_of.items() if s == slot), None)
 
     def _write(self, banks: dict[str, np.ndarray], slot: int, modules: dict) -> None:
         for layer in range(self.config.num_layers):

@@ -256,7 +256,7 @@ def create_app(runtime: Runtime, *, api_key: str | None = None) -> FastAPI:
         if runtime.adapters is None:
             raise APIError(404, f"adapter {adapter_id!r} is not loaded", code="adapter_not_found")
         try:
-            runtime.adapters.unload(adapter_id)
+            await run_in_threadpool(runtime.adapters.unload, adapter_id)  # may rebuild every bank
         except KeyError:
             raise APIError(404, f"adapter {adapter_id!r} is not loaded", code="adapter_not_found") from None
         except AdaptersBusy as error:

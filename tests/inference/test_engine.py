@@ -175,6 +175,19 @@ def qv_adapter(tiny, tmp_path_factory):
     return {"path": path, "merged": peft_model.merge_and_unload().eval()}
 
 
+@pytest.fixture(scope="module")
+def down_adapter(tiny, tmp_path_factory):
+    """Rank 4 on down_proj only: its rank must not widen the other groups' bands."""
+    import copy
+
+    torch.manual_seed(3)
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=["down_proj"], init_lora_weights=False)
+    peft_model = get_peft_model(copy.deepcopy(tiny["model"]), config)
+    path = tmp_path_factory.mktemp("down_adapter")
+    peft_model.save_pretrained(path, safe_serialization=True)
+    return {"path": path, "merged": peft_model.merge_and_unload().eval()}
+
+
 def test_banks_are_sized_to_the_loaded_adapters_and_rows_still_match_peft(tiny, peft_adapter, qv_adapter):
     from inference.session import Lora
 
@@ -186,6 +199,7 @@ def test_banks_are_sized_to_the_loaded_adapters_and_rows_still_match_peft(tiny, 
     bank.load("qv", qv_adapter["path"])
     assert bank.layout == {"qkv": (2, ("q_proj", "v_proj")), "o": (0, ()), "gate_up": (0, ()), "down": (0, ())}
     qv_banks = bank.banks
+    qv_snapshot = {name: array.copy() for name, array in qv_banks.items()}
 
     def forward(index):
         ids = np.array([PROMPT] * len(index))
@@ -203,7 +217,28 @@ def test_banks_are_sized_to_the_loaded_adapters_and_rows_still_match_peft(tiny, 
     np.testing.assert_allclose(got[0], torch_logits(peft_adapter["merged"], PROMPT), atol=5e-4)
     np.testing.assert_allclose(got[1], torch_logits(qv_adapter["merged"], PROMPT), atol=5e-4)
     np.testing.assert_allclose(got[2], torch_logits(tiny["model"], PROMPT), atol=5e-4)
-    assert qv_banks["lora.o.A"].shape[-1] == 0  # the old banks were never written to
+    for name, array in qv_banks.items():  # a step still running on the old banks saw them unchanged
+        np.testing.assert_array_equal(array, qv_snapshot[name])
+    got = forward([bank.acquire("qv"), 0])  # the first step's rows again, now on the swapped banks
+    np.testing.assert_allclose(got[0], torch_logits(qv_adapter["merged"], PROMPT), atol=5e-4)
+
+
+def test_one_modules_rank_does_not_widen_other_groups(tiny, qv_adapter, down_adapter):
+    from inference.session import Lora
+
+    session = DecoderSession(tiny["root"] / "dense_lora", max_rows=3, capacity=64)
+    bank = AdapterBank(session.config, slots=3, max_rank=8)
+    bank.load("qv", qv_adapter["path"])
+    bank.load("down", down_adapter["path"])
+    assert bank.layout == {
+        "qkv": (2, ("q_proj", "v_proj")), "o": (0, ()), "gate_up": (0, ()), "down": (4, ("down_proj",))
+    }  # fmt: skip
+    lora = Lora(index=np.array([bank.acquire("qv"), bank.acquire("down"), 0]), banks=bank.banks)
+    ids, lengths = np.array([PROMPT] * 3), np.array([len(PROMPT)] * 3)
+    got = session.forward(ids, start=0, lengths=lengths, logits_index=np.arange(len(PROMPT)), lora=lora)
+    np.testing.assert_allclose(got[0], torch_logits(qv_adapter["merged"], PROMPT), atol=5e-4)
+    np.testing.assert_allclose(got[1], torch_logits(down_adapter["merged"], PROMPT), atol=5e-4)
+    np.testing.assert_allclose(got[2], torch_logits(tiny["model"], PROMPT), atol=5e-4)
 
 
 def test_adapters_are_safetensors_only_and_validated(tiny, peft_adapter, tmp_path):
