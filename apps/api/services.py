@@ -18,6 +18,7 @@ from apps.core.inference_client import (
     inference_chat_async,
     inference_chat_stream_async,
 )
+from apps.core.sse import sse_event
 
 ROLES = {"system", "developer", "user", "assistant"}
 # The engine's own bounds: (low, low inclusive, high). Outside them the request is refused with a 400.
@@ -158,7 +159,7 @@ async def chat_completion_create(*, payload: dict, slug: str) -> dict:
         raise api_error_from_engine(error) from error
 
 
-async def chat_completion_stream(*, payload: dict, slug: str) -> AsyncIterator[bytes]:
+async def chat_completion_stream(*, payload: dict, slug: str) -> AsyncIterator[str]:
     """Start a streaming completion. Refusals (429, 400, engine down) raise here, before any byte is sent,
     so they keep their HTTP status; what comes back relays the engine's chunks as they arrive. Closing it
     closes the engine connection, which makes the engine cancel the generation."""
@@ -169,17 +170,13 @@ async def chat_completion_stream(*, payload: dict, slug: str) -> AsyncIterator[b
     return _relay(chunks, slug)
 
 
-def _sse(data: str) -> bytes:
-    return f"data: {data}\n\n".encode()
-
-
-async def _relay(chunks: AsyncIterator[dict], slug: str) -> AsyncIterator[bytes]:
+async def _relay(chunks: AsyncIterator[dict], slug: str) -> AsyncIterator[str]:
     try:
         async for chunk in chunks:
-            yield _sse(json.dumps(_relabel(chunk, slug), ensure_ascii=False))
+            yield sse_event(_relabel(chunk, slug))
     except InferenceError as error:  # the engine went away mid-answer: say so in OpenAI's stream shape
-        yield _sse(json.dumps(api_error_from_engine(error).body()))
+        yield sse_event(api_error_from_engine(error).body())
         return
     finally:
         await chunks.aclose()
-    yield _sse("[DONE]")
+    yield sse_event("[DONE]")

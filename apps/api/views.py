@@ -3,7 +3,7 @@
 from functools import wraps
 
 from django.core.exceptions import RequestDataTooBig
-from django.http import JsonResponse, StreamingHttpResponse
+from django.http import JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
 from apps.api.auth import api_key_required
@@ -15,6 +15,7 @@ from apps.api.services import (
     completion_payload_build,
     completion_request_parse,
 )
+from apps.core.sse import sse_response
 
 
 def _allow(*methods: str):
@@ -77,10 +78,7 @@ async def chat_completions(request):
         events = await chat_completion_stream(payload=payload, slug=assistant.slug)
     except ApiError as error:
         return api_error_response(error)
-    response = StreamingHttpResponse(events, content_type="text/event-stream")
-    response["Cache-Control"] = "no-cache"
-    response["X-Accel-Buffering"] = "no"
-    return response
+    return sse_response(events)
 
 
 @csrf_exempt

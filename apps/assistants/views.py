@@ -12,7 +12,7 @@ from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.views import redirect_to_login
-from django.http import FileResponse, Http404, JsonResponse, StreamingHttpResponse
+from django.http import FileResponse, Http404, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.cache import never_cache
@@ -38,6 +38,7 @@ from apps.assistants.services import (
 )
 from apps.chat.prompt import instructions_text_render
 from apps.core.inference_client import InferenceError, inference_chat_stream_async
+from apps.core.sse import sse_event, sse_response
 
 PREVIEW_MAX_TURNS = 40
 PREVIEW_MAX_CHARS = 8000
@@ -274,11 +275,6 @@ def _preview_body(*, request, user, slug: str) -> dict:
     }
 
 
-def _sse(data: dict, event: str = "") -> str:
-    prefix = f"event: {event}\n" if event else ""
-    return f"{prefix}data: {json.dumps(data)}\n\n"
-
-
 def _preview_error(error: InferenceError, model: str) -> str:
     if error.code == "context_length_exceeded":
         return (
@@ -294,7 +290,7 @@ async def _preview_events(body: dict):
     try:
         chunks = await inference_chat_stream_async(body=body)
     except InferenceError as error:
-        yield _sse({"message": _preview_error(error, body["model"])}, "error")
+        yield sse_event({"message": _preview_error(error, body["model"])}, event="error")
         return
     finish_reason = ""
     try:
@@ -302,14 +298,14 @@ async def _preview_events(body: dict):
             for choice in chunk.get("choices", []):
                 text = (choice.get("delta") or {}).get("content") or ""
                 if text:
-                    yield _sse({"text": text})
+                    yield sse_event({"text": text})
                 finish_reason = choice.get("finish_reason") or finish_reason
     except InferenceError as error:
-        yield _sse({"message": _preview_error(error, body["model"])}, "error")
+        yield sse_event({"message": _preview_error(error, body["model"])}, event="error")
         return
     finally:
         await chunks.aclose()  # a closed preview tab closes the engine request, which cancels it
-    yield _sse({"finish_reason": finish_reason}, "done")
+    yield sse_event({"finish_reason": finish_reason}, event="done")
 
 
 @login_required
@@ -322,7 +318,4 @@ async def assistant_preview(request, slug: str):
         body = await sync_to_async(_preview_body)(request=request, user=user, slug=slug)
     except PreviewError as error:
         return JsonResponse({"error": str(error)}, status=400)
-    response = StreamingHttpResponse(_preview_events(body), content_type="text/event-stream")
-    response["Cache-Control"] = "no-cache"
-    response["X-Accel-Buffering"] = "no"
-    return response
+    return sse_response(_preview_events(body))

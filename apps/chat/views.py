@@ -11,7 +11,7 @@ from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.views import redirect_to_login
-from django.http import Http404, HttpResponse, JsonResponse, StreamingHttpResponse
+from django.http import Http404, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils.safestring import mark_safe
@@ -34,6 +34,7 @@ from apps.chat.selectors import (
     message_get_for_viewer,
 )
 from apps.core.inference_client import InferenceError, inference_complete, inference_tokenize
+from apps.core.sse import sse_event, sse_response
 from apps.registry.selectors import base_model_get_ready
 
 T = TypeVar("T")
@@ -342,10 +343,6 @@ def _viewer_message(request, message_id) -> Message | None:
     return message_get_for_viewer(message_id=message_id, user=request.user, session_key=_session_key(request))
 
 
-def _sse(event: str, data: dict) -> str:
-    return f"event: {event}\ndata: {json.dumps(data)}\n\n"
-
-
 async def message_events(request, message_id):
     """Server-sent events for one answer: every token from the start, then `done` with the sanitized HTML.
 
@@ -362,24 +359,21 @@ async def message_events(request, message_id):
 
     async def events():
         if message.finished:
-            yield _sse("done", answer_done_event(message))
+            yield sse_event(answer_done_event(message), event="done")
             return
         async for event, data in reply_events_follow(message_id=message.pk, block_ms=3000):
             if event == "idle":  # quiet: was it stopped in the queue, or did its stream expire?
                 current = await refreshed()
                 if current.finished:
-                    yield _sse("done", answer_done_event(current))
+                    yield sse_event(answer_done_event(current), event="done")
                     return
                 yield ": waiting\n\n"
                 continue
-            yield _sse(event, data)
+            yield sse_event(data, event=event)
             if event == "done":
                 return
 
-    response = StreamingHttpResponse(events(), content_type="text/event-stream")
-    response["Cache-Control"] = "no-cache"
-    response["X-Accel-Buffering"] = "no"  # nginx and friends must not buffer the stream
-    return response
+    return sse_response(events())
 
 
 # --- the playground ------------------------------------------------------------------------------------
