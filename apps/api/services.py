@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 
 from apps.api.errors import ApiError
 from apps.assistants.models import Assistant
+from apps.assistants.selectors import engine_settings
 from apps.chat.prompt import instructions_render
 from apps.core.inference_client import (
     InferenceBusy,
@@ -108,13 +109,14 @@ def completion_payload_build(*, assistant: Assistant, body: dict, user) -> dict:
     if not isinstance(body.get("stream", False), bool):
         raise _invalid("stream must be true or false", "stream")
     system = {"role": "system", "content": instructions_render(version=version, user_name=user.get_username())}
+    defaults = engine_settings(version=version)
     payload = {
-        "model": version.adapter or version.base_model.name,
+        **defaults,
         "messages": [system, *_messages(body)],
-        "temperature": _number(body, "temperature", version.temperature),
-        "top_p": _number(body, "top_p", version.top_p),
-        "repetition_penalty": _number(body, "repetition_penalty", version.repetition_penalty),
-        "max_tokens": _max_tokens(body, version.max_tokens),
+        "temperature": _number(body, "temperature", defaults["temperature"]),
+        "top_p": _number(body, "top_p", defaults["top_p"]),
+        "repetition_penalty": _number(body, "repetition_penalty", defaults["repetition_penalty"]),
+        "max_tokens": _max_tokens(body, defaults["max_tokens"]),
         "stream": body.get("stream", False),
     }
     payload.update({name: body[name] for name in PASS_THROUGH if body.get(name) is not None})

@@ -68,3 +68,15 @@ def chat_model_default() -> BaseModel | None:
     """The variant the inference server serves (the gated q4), else whatever chat model is ready."""
     choices = chat_model_choices()
     return choices.filter(variant="q4").first() or choices.first()
+
+
+def engine_settings(*, version) -> dict:
+    """What a version (or an unsaved AssistantConfig, which has the same fields) asks of the engine: its
+    model (the fine-tune's adapter, else the base model) and its sampling settings."""
+    return {
+        "model": version.adapter or version.base_model.name,
+        "temperature": version.temperature,
+        "top_p": version.top_p,
+        "repetition_penalty": version.repetition_penalty,
+        "max_tokens": version.max_tokens,
+    }

@@ -23,6 +23,7 @@ from apps.assistants.models import Assistant
 from apps.assistants.selectors import (
     assistant_list_owned,
     can_chat,
+    engine_settings,
     gallery_list,
     share_link_valid,
 )
@@ -264,15 +265,7 @@ def _preview_body(*, request, user, slug: str) -> dict:
         raise PreviewError("The preview conversation must end with your message.")
     config = form.config()
     system = instructions_text_render(text=config.instructions, user_name=user.get_username())
-    return {
-        "model": config.adapter or config.base_model.name,
-        "messages": [{"role": "system", "content": system}, *turns],
-        "max_tokens": config.max_tokens,
-        "temperature": config.temperature,
-        "top_p": config.top_p,
-        "repetition_penalty": config.repetition_penalty,
-        "stream": True,
-    }
+    return {**engine_settings(version=config), "messages": [{"role": "system", "content": system}, *turns]}
 
 
 def _preview_error(error: InferenceError, model: str) -> str:

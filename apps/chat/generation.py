@@ -9,6 +9,7 @@ import time
 
 from django.db import transaction
 
+from apps.assistants.selectors import engine_settings
 from apps.chat.live import reply_event_publish, reply_events_reset, reply_stop_requested
 from apps.chat.models import Conversation, Message
 from apps.chat.prompt import ContextTooSmall, prompt_build
@@ -71,12 +72,9 @@ def reply_generate(*, message_id: str) -> str:
     reply_event_publish(message_id=reply.pk, event="context", data=plan.report)
 
     body = {
-        "model": version.adapter or version.base_model.name,
+        **engine_settings(version=version),
         "messages": plan.messages,
-        "max_tokens": plan.max_tokens,
-        "temperature": version.temperature,
-        "top_p": version.top_p,
-        "repetition_penalty": version.repetition_penalty,
+        "max_tokens": plan.max_tokens,  # what the context window leaves of the version's max_tokens
         "logprobs": True,
         "top_logprobs": TOP_LOGPROBS,
     }
