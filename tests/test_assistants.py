@@ -302,7 +302,8 @@ def test_report_once_per_user_and_never_by_the_owner(ada_client, bob_client, ada
     assert any("already reported" in m for m in _messages(response))
     assert AssistantReport.objects.filter(assistant=assistant).count() == 1
 
-    response = bob_client.post(url, {"reason": ""})
+    response = bob_client.post(url, {"reason": ""})  # refused for being empty, before "already reported"
+    assert "required" in _messages(response)[-1]  # the newest message; the earlier ones are still queued
     assert AssistantReport.objects.filter(assistant=assistant).count() == 1
 
     response = ada_client.post(url, {"reason": "Reporting myself"})
@@ -465,6 +466,17 @@ def test_update_to_link_visibility_issues_a_token(ada, chat_model):
     assistant_update(assistant=assistant, actor=ada, config=config, visibility=Visibility.LINK)
     assistant.refresh_from_db()
     assert assistant.share_token and assistant.versions.count() == 2
+
+
+def test_going_private_ends_the_link_for_good(ada, chat_model):
+    assistant = _make(ada, chat_model, visibility=Visibility.LINK)
+    old = assistant.share_token
+    config = AssistantConfig(name="Helper", base_model=chat_model)
+    assistant_update(assistant=assistant, actor=ada, config=config, visibility=Visibility.PRIVATE)
+    assistant_update(assistant=assistant, actor=ada, config=config, visibility=Visibility.LINK)
+    assistant.refresh_from_db()
+    assert assistant.share_token and assistant.share_token != old
+    assert not share_link_valid(assistant=assistant, token=old)
 
 
 # Preview (its permission and input checks only; the stream needs the inference server)

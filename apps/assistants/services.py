@@ -98,10 +98,8 @@ def assistant_create(
     slug = slugify(slug) if slug else _unique_slug(config.name)
     if Assistant.objects.filter(slug=slug).exists():
         raise AssistantError(f"The address {slug!r} is taken; choose another.")
-    assistant = Assistant.objects.create(owner=owner, slug=slug, visibility=visibility)
-    if visibility != Visibility.PRIVATE:
-        assistant.share_token = secrets.token_urlsafe(24)
-        assistant.save(update_fields=["share_token"])
+    share_token = None if visibility == Visibility.PRIVATE else _new_share_token()
+    assistant = Assistant.objects.create(owner=owner, slug=slug, visibility=visibility, share_token=share_token)
     _version_create(assistant=assistant, config=config, actor=owner)
     return assistant
 
@@ -116,9 +114,13 @@ def assistant_update(
     if visibility not in Visibility.values:
         raise AssistantError("Unknown visibility.")
     assistant.visibility = visibility
-    if visibility != Visibility.PRIVATE and not assistant.share_token:
-        assistant.share_token = secrets.token_urlsafe(24)
-    assistant.save(update_fields=["visibility", "share_token", "updated_at"])
+    if visibility == Visibility.PRIVATE:
+        # Going private ends the link for good: making it shareable again issues a new one, so people
+        # who had the old link do not get back in.
+        assistant.share_token = assistant.share_expires_at = None
+    elif not assistant.share_token:
+        assistant.share_token = _new_share_token()
+    assistant.save(update_fields=["visibility", "share_token", "share_expires_at", "updated_at"])
     return _version_create(assistant=assistant, config=config, actor=actor)
 
 
@@ -174,10 +176,14 @@ def share_link_issue(*, assistant: Assistant, expires_at: datetime | None = None
         raise AssistantError("A private assistant has no share link. Set its visibility to Link or Public first.")
     if expires_at is not None and expires_at <= timezone.now():
         raise AssistantError("The expiry must be in the future.")
-    assistant.share_token = secrets.token_urlsafe(24)
+    assistant.share_token = _new_share_token()
     assistant.share_expires_at = expires_at
     assistant.save(update_fields=["share_token", "share_expires_at", "updated_at"])
     return assistant.share_token
+
+
+def _new_share_token() -> str:
+    return secrets.token_urlsafe(24)
 
 
 @transaction.atomic

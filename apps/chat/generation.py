@@ -69,6 +69,7 @@ def reply_generate(*, message_id: str) -> str:
         _finish(reply, status=Message.Status.ERROR, error=str(error))
         return reply.status
     reply.context = plan.report
+    reply.save(update_fields=["context", "updated_at"])  # once: the flushes below only add text
     reply_event_publish(message_id=reply.pk, event="context", data=plan.report)
 
     body = {
@@ -93,7 +94,7 @@ def reply_generate(*, message_id: str) -> str:
                 finish_reason = choice.get("finish_reason") or finish_reason
             if time.monotonic() - last_flush >= FLUSH_SECONDS:
                 last_flush = time.monotonic()
-                reply.save(update_fields=["content", "tokens", "context", "updated_at"])
+                reply.save(update_fields=["content", "tokens", "updated_at"])
                 if reply_stop_requested(message_id=reply.pk):
                     status, finish_reason = Message.Status.STOPPED, "stopped"
                     break
@@ -108,7 +109,7 @@ def reply_generate(*, message_id: str) -> str:
     finally:
         stream.close()  # closing the connection cancels the request in the engine
     _finish(reply, status=status, finish_reason=finish_reason)
-    if status == Message.Status.DONE and reply.parent.parent_id is None:  # the first exchange
+    if status == Message.Status.DONE and history[-1].parent_id is None:  # the first exchange
         from apps.chat.tasks import conversation_title_task
 
         conversation_title_task.delay(str(reply.conversation_id), str(reply.pk))

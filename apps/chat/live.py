@@ -58,7 +58,7 @@ def reply_stop_requested(*, message_id) -> bool:
     return bool(redis_client().exists(_stop_key(message_id)))
 
 
-async def reply_events_follow(*, message_id, block_ms: int = 15000):
+async def reply_events_follow(*, message_id, block_ms: int = 3000):
     """Yield (event, data) from the start of the reply's stream; yields ("idle", {}) after each quiet
     `block_ms` so the caller can check the database (the stream may have expired, the worker died)."""
     client = redis.asyncio.Redis.from_url(settings.REDIS_URL)

@@ -25,15 +25,21 @@ class ThreadEntry:
 
 def conversation_thread(*, conversation: Conversation, leaf: Message | None = None) -> list[ThreadEntry]:
     """The branch on screen (or the one through `leaf`), each turn with its sibling versions."""
-    leaf = leaf or conversation.current_leaf
-    if leaf is None:
+    leaf_id = leaf.pk if leaf is not None else conversation.current_leaf_id
+    if leaf_id is None:
         return []
-    messages = list(Message.objects.filter(conversation=conversation).order_by("created_at"))
+    # Every branch's messages (the sibling arrows need them), without the per-token JSON nobody reads here.
+    messages = list(
+        Message.objects.filter(conversation=conversation)
+        .select_related("assistant_version")
+        .defer("tokens")
+        .order_by("created_at")
+    )
     by_id = {m.pk: m for m in messages}
     children: dict = {}
     for m in messages:
         children.setdefault(m.parent_id, []).append(m)
-    entries, node = [], by_id.get(leaf.pk)
+    entries, node = [], by_id.get(leaf_id)
     while node is not None:
         siblings = children[node.parent_id]
         entries.append(ThreadEntry(node, siblings.index(node) + 1, siblings))
@@ -71,11 +77,9 @@ def can_open(*, user, session_key: str, conversation: Conversation) -> bool:
     if not mine:
         return False
     assistant = conversation.assistant
-    if conversation.share_token:
-        return can_chat(user=user, assistant=assistant) or share_link_valid(
-            assistant=assistant, token=conversation.share_token
-        )
-    return can_chat(user=user, assistant=assistant)
+    return can_chat(user=user, assistant=assistant) or share_link_valid(
+        assistant=assistant, token=conversation.share_token
+    )
 
 
 def conversation_get_for_viewer(*, conversation_id, user, session_key: str) -> Conversation | None:

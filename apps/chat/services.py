@@ -157,9 +157,13 @@ def conversation_switch_branch(*, conversation: Conversation, message: Message) 
     """Show the branch through `message`: follow its newest descendants down to a leaf."""
     if message.conversation_id != conversation.pk:
         raise ChatError("That message is not in this conversation.")
-    leaf = message
-    while (child := leaf.children.order_by("-created_at").first()) is not None:
-        leaf = child
+    newest_child = {}  # parent id -> its newest child's id, from one query
+    for pk, parent_id in conversation.messages.order_by("created_at").values_list("pk", "parent_id"):
+        newest_child[parent_id] = pk
+    leaf_id = message.pk
+    while leaf_id in newest_child:
+        leaf_id = newest_child[leaf_id]
+    leaf = message if leaf_id == message.pk else Message.objects.get(pk=leaf_id)
     conversation.current_leaf = leaf
     conversation.save(update_fields=["current_leaf", "updated_at"])
     return leaf

@@ -63,7 +63,6 @@
       body.classList.add("prose");
       article.classList.remove("is-streaming");
       article.removeAttribute("data-live");
-      article.setAttribute("data-finished", data.status);
       if (status) {
         status.textContent = { done: "Done", stopped: "Stopped", error: "Failed" }[data.status] || data.status;
         status.className = "msg-status pill " + (data.status === "error" ? "pill-error" : data.status === "done" ? "pill-ok" : "pill-info");
