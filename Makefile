@@ -29,7 +29,7 @@ run: install
 # needs it, so `make run` still needs no root.
 browser:
 	@test -x /usr/bin/chromium || { \
-	  if [ "$$(id -u)" = 0 ]; then SUDO=; elif command -v sudo >/dev/null; then SUDO=sudo; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; elif command -v sudo >/dev/null; then SUDO="sudo -n"; \
 	  else echo "The browser tests need Debian's chromium: run 'apt-get install chromium' as root." >&2; exit 1; fi; \
 	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium \
 	    || { echo "Could not install chromium with apt-get; install Debian's chromium package and retry." >&2; exit 1; }; }

@@ -452,7 +452,7 @@ async def _measure_server(base_url: str, adapter_paths: list[Path], samples: Sam
                 wall, streams = await _load(client, [CHAT_MODEL] * level, DECODE_TOKENS)
                 tokens = sum(s.tokens for s in streams)
                 scratch.add(f"agg_{level}", "atelier", tokens / wall)
-                info["short_streams"] = info.get("short_streams", 0) + sum(s.tokens < DECODE_TOKENS for s in streams)
+                scratch.add("short_streams", "atelier", sum(s.tokens < DECODE_TOKENS for s in streams))
                 if level == 1:
                     s = streams[0]
                     scratch.add("decode", "atelier", (s.tokens - 1) / (s.last - s.first))
@@ -470,7 +470,7 @@ async def _measure_server(base_url: str, adapter_paths: list[Path], samples: Sam
             for metric, models in (("base_8", [CHAT_MODEL] * ADAPTERS), ("mixed_8", adapter_ids)):
                 wall, streams = await _load(client, models, DECODE_TOKENS)
                 scratch.add(metric, "atelier", sum(s.tokens for s in streams) / wall)
-                info["short_streams"] = info.get("short_streams", 0) + sum(s.tokens < DECODE_TOKENS for s in streams)
+                scratch.add("short_streams", "atelier", sum(s.tokens < DECODE_TOKENS for s in streams))
 
 
 def measure_server(art: Artifacts, samples: Samples, info: dict) -> None:
@@ -517,6 +517,7 @@ def cpu_model() -> str:
 
 def report(samples: Samples, info: dict, art: Artifacts) -> str:
     m = samples.median
+    short_streams = sum(samples.values.get(("short_streams", "atelier"), []))  # in kept rounds only
     ttft = samples.values.get(("ttft_32", "atelier"), [])
     p50, p95 = (float(np.percentile(ttft, q)) for q in (50, 95)) if ttft else (None, None)
     rows = [  # label, metric, digits, show the ratio
@@ -618,7 +619,7 @@ def report(samples: Samples, info: dict, art: Artifacts) -> str:
         "- Server: `INFERENCE_MAX_SEQS=32`, `INFERENCE_THREADS=2`, prefill in 256-token chunks. LoRA: 8 random "
         "rank-8 adapters (q_proj, v_proj, all layers) loaded with `POST /v1/adapters`, one per stream.",
         "- Perplexity over the first 512 tokens of `inference.export.PERPLEXITY_TEXT`.",
-        f"- Server streams that ended before {DECODE_TOKENS} tokens (end of text): {info.get('short_streams', 0)}. "
+        f"- Server streams that ended before {DECODE_TOKENS} tokens (end of text): {short_streams:.0f}. "
         f"Load average when the bench started: {info.get('loadavg', 'n/a')}; during its "
         f"{info.get('wall', 0):.0f} s other processes used {info.get('foreign_cpu', 0):.0f} CPU-seconds and the "
         f"hypervisor stole {info.get('steal', 0):.0f}; {WATCH.repeated} round(s) were measured again because "

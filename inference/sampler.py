@@ -54,18 +54,23 @@ class Sampler:
         self.params = params
         # n > 1 choices of one seeded request each get their own reproducible stream.
         self.rng = np.random.default_rng(None if params.seed is None else [params.seed, stream])
-        self.output_counts = np.zeros(vocab_size, dtype=np.int32)
+        # frequency_penalty * count + presence_penalty * (count > 0), kept up to date one token at a time
+        # rather than rebuilt from the counts (several vocab-sized temporaries) on every step.
+        self.output_penalty = np.zeros(vocab_size, dtype=np.float32)
+        self.output_seen = np.zeros(vocab_size, dtype=bool)
         self.seen = np.zeros(vocab_size, dtype=bool)
         self.seen[np.asarray(prompt, dtype=np.int64)] = True
 
     def choose(self, logits: np.ndarray) -> TokenChoice:
         p = self.params
-        logits = logits.astype(np.float32, copy=True)
+        penalized = p.repetition_penalty != 1.0 or p.frequency_penalty or p.presence_penalty
+        if penalized:  # a copy: n > 1 choices share the prefill's logits row
+            logits = logits.astype(np.float32, copy=True)
         if p.repetition_penalty != 1.0:
             seen = logits[self.seen]
             logits[self.seen] = np.where(seen > 0, seen / p.repetition_penalty, seen * p.repetition_penalty)
         if p.frequency_penalty or p.presence_penalty:
-            logits -= p.frequency_penalty * self.output_counts + p.presence_penalty * (self.output_counts > 0)
+            logits -= self.output_penalty
 
         log_probs = None
         if p.logprobs or p.top_logprobs:
@@ -74,7 +79,8 @@ class Sampler:
 
         token = int(np.argmax(logits)) if p.temperature == 0.0 else self._draw(logits / p.temperature)
 
-        self.output_counts[token] += 1
+        self.output_penalty[token] += p.frequency_penalty + (0.0 if self.output_seen[token] else p.presence_penalty)
+        self.output_seen[token] = True
         self.seen[token] = True
         choice = TokenChoice(token)
         if log_probs is not None:

@@ -225,10 +225,11 @@ def create_app(runtime: Runtime, *, api_key: str | None = None) -> FastAPI:
 
     @app.post("/tokenize")
     async def tokenize(body: TokenizeRequest):
+        _adapter_for(runtime, body.model)  # an unknown model is a 404 here too (adapters share the tokenizer)
         if (body.prompt is None) == (body.messages is None):
             raise APIError(400, "send exactly one of 'prompt' or 'messages'")
         if body.messages is not None:
-            messages = [{"role": _role(m.role), "content": m.text()} for m in body.messages]
+            messages = _template_messages(body.messages)
             tokens = runtime.tokenizer.chat_prompt(messages, add_generation_prompt=body.add_generation_prompt)
         else:
             tokens = runtime.tokenizer.encode(body.prompt)
@@ -295,7 +296,7 @@ def create_app(runtime: Runtime, *, api_key: str | None = None) -> FastAPI:
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatRequest, request: Request):
         adapter = _adapter_for(runtime, body.model)
-        prompt = runtime.tokenizer.chat_prompt([{"role": _role(m.role), "content": m.text()} for m in body.messages])
+        prompt = runtime.tokenizer.chat_prompt(_template_messages(body.messages))
         top = body.top_logprobs or 0
         if top and not body.logprobs:
             raise APIError(400, "top_logprobs requires logprobs=true", param="top_logprobs")
@@ -325,8 +326,9 @@ def create_app(runtime: Runtime, *, api_key: str | None = None) -> FastAPI:
     return app
 
 
-def _role(role: str) -> str:
-    return "system" if role == "developer" else role
+def _template_messages(messages: list[Message]) -> list[dict]:
+    """OpenAI messages as the chat template takes them ("developer" is the newer name for "system")."""
+    return [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in messages]
 
 
 def _adapter_for(runtime: Runtime, model: str) -> str | None:

@@ -99,7 +99,7 @@ class DecoderSession:
                 for _ in range(2 * c.num_layers)
             ]
             self._pointers = [value.data_ptr() for value in self.cache]
-        self._bindings: dict[tuple[int, int, int], ort.IOBinding] = {}
+        self._bindings: dict[tuple[bool, int, int], ort.IOBinding] = {}  # (LoRA graph?, start, rows)
 
     @property
     def kv_bytes(self) -> int:
@@ -145,7 +145,7 @@ class DecoderSession:
         Binding 2 x layers cache views costs ~1 ms of Python per step; rebinding the small inputs by name
         replaces them in place, so only those change between steps.
         """
-        key = (id(session), start, batch)
+        key = (session is self.lora, start, batch)
         binding = self._bindings.get(key)
         if binding is not None:
             return binding

@@ -1,5 +1,6 @@
 """The model's own tokenizer and chat template, and incremental detokenization for streaming."""
 
+from functools import lru_cache
 from pathlib import Path
 
 from tokenizers import Tokenizer
@@ -8,11 +9,17 @@ from tokenizers import Tokenizer
 class ChatTokenizer:
     def __init__(self, model_dir: Path) -> None:
         from transformers import AutoTokenizer  # for the chat template (Jinja, as the model was trained)
+        from transformers.models.gpt2.tokenization_gpt2 import bytes_to_unicode
 
         self.hf = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
         self.fast = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
         eos = {self.hf.eos_token_id} if self.hf.eos_token_id is not None else set()
         self.eos_token_ids = frozenset(eos)
+        # Byte-level BPE spells each byte as one printable character; this undoes that spelling.
+        self._byte_of = {char: byte for byte, char in bytes_to_unicode().items()}
+        # Logprobs ask for the same few thousand tokens' text and bytes over and over.
+        self.token_text = lru_cache(maxsize=65536)(self.token_text)
+        self.token_bytes = lru_cache(maxsize=65536)(self.token_bytes)
 
     def encode(self, text: str) -> list[int]:
         return self.fast.encode(text, add_special_tokens=False).ids
@@ -30,7 +37,11 @@ class ChatTokenizer:
         return self.fast.decode([token], skip_special_tokens=False)
 
     def token_bytes(self, token: int) -> list[int]:
-        return list(self.token_text(token).encode("utf-8", errors="replace"))
+        """The token's own bytes: a piece of a multi-byte character stays that piece, not U+FFFD."""
+        piece = self.fast.id_to_token(token) or ""
+        if piece and all(char in self._byte_of for char in piece):  # byte-level BPE (SmolLM2, GPT-2, Llama 3)
+            return [self._byte_of[char] for char in piece]
+        return list(self.token_text(token).encode("utf-8"))
 
 
 class Detokenizer:

@@ -39,6 +39,16 @@ def test_models_lists_the_base_and_embedding_models(client):
     assert ids[:2] == [CHAT_MODEL, EMBEDDING_MODEL]
 
 
+def test_tokenize_counts_the_chat_template_and_knows_its_models(server):
+    messages = [{"role": "user", "content": "Hello"}]
+    body = {"model": CHAT_MODEL, "messages": messages, "return_token_strs": True}
+    result = httpx.post(f"{server}/tokenize", json=body).json()
+    assert result["count"] == len(result["tokens"]) == len(result["token_strs"]) > 1
+    assert "Hello" in "".join(result["token_strs"]) and result["max_model_len"] > result["count"]
+    unknown = httpx.post(f"{server}/tokenize", json={**body, "model": "no-such-model"})
+    assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "model_not_found"
+
+
 def test_the_real_model_knows_the_capital_of_france(client):
     answer = ask(client, "What is the capital of France?", temperature=0, max_tokens=40)
     assert "Paris" in answer.choices[0].message.content
@@ -109,6 +119,7 @@ def test_embeddings_agree_with_the_sentence_transformers_recipe(client, server, 
     expected = torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=1).numpy()
     assert got.shape == (3, 384)
     assert (got * expected).sum(axis=1).min() > 1 - 1e-4
+    np.testing.assert_allclose(got, expected, atol=1e-4)
 
 
 @pytest.fixture(scope="module")

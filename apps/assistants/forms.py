@@ -112,8 +112,7 @@ class AssistantForm(forms.Form):
 
     def __init__(self, *args, owner, assistant: Assistant | None = None, **kwargs):
         super().__init__(*args, **kwargs)
-        self.fields["base_model"].queryset = chat_model_choices()
-        if "base_model" not in self.initial:
+        if not self.is_bound and "base_model" not in self.initial:  # a posted form has its own choice
             self.fields["base_model"].initial = chat_model_default()
         self.fields["knowledge_collections"].queryset = Collection.objects.filter(owner=owner)
         if assistant is not None:

@@ -7,6 +7,7 @@ from django.utils import timezone
 
 from apps.assistants.models import Assistant, Visibility
 from apps.registry.models import BaseModel
+from apps.registry.selectors import base_model_get_ready
 
 
 def _with_version(queryset: QuerySet[Assistant]) -> QuerySet[Assistant]:
@@ -65,9 +66,7 @@ def chat_model_choices() -> QuerySet[BaseModel]:
 
 
 def chat_model_default() -> BaseModel | None:
-    """The variant the inference server serves (the gated q4), else whatever chat model is ready."""
-    choices = chat_model_choices()
-    return choices.filter(variant="q4").first() or choices.first()
+    return base_model_get_ready(kind=BaseModel.Kind.CHAT)
 
 
 def engine_settings(*, version) -> dict:

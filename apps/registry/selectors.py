@@ -1,5 +1,6 @@
 from django.db.models import QuerySet
 
+from apps.registry.catalog import SMOLLM2_Q4
 from apps.registry.models import BaseModel
 
 
@@ -8,8 +9,10 @@ def base_model_list() -> QuerySet[BaseModel]:
 
 
 def base_model_get_ready(*, kind: str) -> BaseModel | None:
-    """The model of a kind to serve: the fp32 reference until faster gated variants exist."""
-    return BaseModel.objects.filter(kind=kind, status=BaseModel.Status.READY).order_by("name", "variant").first()
+    """The model of a kind to serve: the variant the inference server runs (the perplexity-gated q4 for
+    chat), else whatever of that kind is ready."""
+    ready = BaseModel.objects.filter(kind=kind, status=BaseModel.Status.READY).order_by("name", "variant")
+    return ready.filter(variant=SMOLLM2_Q4.variant).first() or ready.first()
 
 
 def base_models_health() -> str:

@@ -473,3 +473,13 @@ def test_api_key_queue_full_and_loopback_rules(engine_parts):
         engine.shutdown()
     with pytest.raises(SystemExit, match="without INFERENCE_API_KEY"):
         main(["--host", "0.0.0.0"])  # noqa: S104 (that refusal is the test)
+
+
+def test_logprob_bytes_are_each_tokens_own_bytes(engine_parts):
+    # OpenAI's `bytes` exists for tokens that hold part of a character: decoding such a token alone gives
+    # U+FFFD, and only its raw bytes, joined with its neighbours', rebuild the text.
+    tokenizer = engine_parts["tokenizer"]
+    text = "naïve café 🙂 東京"
+    pieces = [bytes(tokenizer.token_bytes(t)) for t in tokenizer.encode(text)]
+    assert b"".join(pieces) == text.encode("utf-8")
+    assert any(b"\xef\xbf\xbd" not in p and "\ufffd" in p.decode("utf-8", errors="replace") for p in pieces)

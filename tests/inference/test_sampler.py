@@ -89,3 +89,19 @@ def test_streamed_text_never_splits_a_multibyte_character():
     pieces = [detokenizer.push(token) for token in ids] + [detokenizer.flush()]
     assert "".join(pieces) == text
     assert not any("\ufffd" in piece for piece in pieces)
+
+
+def test_frequency_and_presence_penalties_follow_openais_formula():
+    # logit[j] -= count[j] * frequency_penalty + (count[j] > 0) * presence_penalty, counting output tokens only
+    params = SamplingParams(temperature=0.0, frequency_penalty=0.5, presence_penalty=0.3, top_logprobs=20)
+    sampler = Sampler(params, prompt=[4], vocab_size=VOCAB)
+    forced = np.zeros(VOCAB, dtype=np.float32)
+    forced[3] = 50.0
+    sampler.choose(forced)
+    sampler.choose(forced)
+    rest = np.full(VOCAB, -10.0, dtype=np.float32)
+    rest[3] = rest[4] = 5.0  # the penalized token, a prompt token and token 5 lead the rest
+    rest[5] = 4.0
+    top = dict(sampler.choose(rest).top)
+    assert top[4] - top[3] == pytest.approx(2 * 0.5 + 0.3, abs=1e-5)
+    assert top[4] - top[5] == pytest.approx(1.0, abs=1e-5)  # the prompt's tokens are not penalized
