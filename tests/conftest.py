@@ -54,14 +54,19 @@ def _stderr_progress(spec, message: str, fraction: float) -> None:
     print(f"  [{spec.name} {spec.variant}] {fraction:4.0%} {message}", file=sys.__stderr__, flush=True)
 
 
-@pytest.fixture
-def models_ready(django_db_setup, django_db_blocker):
-    """The real models, registered in the test DB: built on the first run ever (minutes), afterwards only
-    verified (about a second). Function-scoped because transactional tests flush the tables."""
+def _bootstrap(django_db_blocker) -> dict:
+    """The real models registered in the test DB, by (name, variant): built on the first run ever
+    (minutes), afterwards only verified (about a second)."""
     from apps.registry.services import base_models_bootstrap
 
     with django_db_blocker.unblock():
         return {(r.spec.name, r.spec.variant): r for r in base_models_bootstrap(progress=_stderr_progress)}
+
+
+@pytest.fixture
+def models_ready(django_db_setup, django_db_blocker):
+    """Function-scoped because transactional tests flush the tables."""
+    return _bootstrap(django_db_blocker)
 
 
 def database_url(settings_dict: dict) -> str:
@@ -138,12 +143,9 @@ def real_models(django_db_setup, django_db_blocker) -> dict[tuple[str, str], Pat
     """The real models' artifact directories, registered in the test database."""
     from django.db import connections
 
-    from apps.registry.services import base_models_bootstrap
-
     with django_db_blocker.unblock():
         connections.close_all()  # a connection opened before django_db_setup still points at the dev DB
-        results = base_models_bootstrap(progress=_stderr_progress)
-    return {(r.spec.name, r.spec.variant): Path(r.path) for r in results}
+    return {key: Path(result.path) for key, result in _bootstrap(django_db_blocker).items()}
 
 
 @pytest.fixture(scope="session")

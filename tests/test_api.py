@@ -16,8 +16,7 @@ from django.test import Client
 from django.urls import reverse
 
 from apps.accounts.models import ApiKey
-from apps.accounts.selectors import api_key_authenticate
-from apps.accounts.services import api_key_create, api_key_revoke, user_create
+from apps.accounts.services import api_key_authenticate, api_key_create, api_key_revoke, user_create
 from apps.api import services as api_services
 from apps.api.errors import ApiError
 from apps.assistants.models import Visibility

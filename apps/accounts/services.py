@@ -1,8 +1,10 @@
 """Writes for accounts. Views and commands call these; they hold the rules."""
 
 import secrets
+from datetime import timedelta
 
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from apps.accounts.models import ApiKey, Role, User
@@ -78,3 +80,26 @@ def api_key_revoke(*, api_key: ApiKey) -> None:
     """Revoke a key for good; revoking it again keeps the first revocation's time."""
     ApiKey.objects.filter(pk=api_key.pk, revoked_at__isnull=True).update(revoked_at=timezone.now())
     api_key.refresh_from_db(fields=["revoked_at"])
+
+
+LAST_USED_RESOLUTION = timedelta(minutes=1)  # how stale `last_used_at` may be: no write on every request
+
+
+def api_key_authenticate(*, raw_key: str) -> User | None:
+    """The active user a live key belongs to, else None. Notes the use, at most once a minute."""
+    if not raw_key:
+        return None
+    api_key = (
+        ApiKey.objects.select_related("user")
+        .filter(hashed_key=api_key_hash(raw_key=raw_key), revoked_at__isnull=True, user__is_active=True)
+        .first()
+    )
+    if api_key is None:
+        return None
+    now = timezone.now()
+    if api_key.last_used_at is None or now - api_key.last_used_at >= LAST_USED_RESOLUTION:
+        # Conditional, so concurrent requests write once; a plain read is not worth a lock.
+        ApiKey.objects.filter(pk=api_key.pk).filter(
+            Q(last_used_at__isnull=True) | Q(last_used_at__lte=now - LAST_USED_RESOLUTION)
+        ).update(last_used_at=now)
+    return api_key.user

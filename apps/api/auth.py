@@ -9,7 +9,7 @@ from functools import wraps
 from asgiref.sync import iscoroutinefunction, sync_to_async
 from django.views.decorators.csrf import csrf_exempt
 
-from apps.accounts.selectors import api_key_authenticate
+from apps.accounts.services import api_key_authenticate
 from apps.api.errors import ApiError, api_error_response
 
 

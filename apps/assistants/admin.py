@@ -43,12 +43,10 @@ class AssistantVersionInline(ReadOnlyAdminMixin, admin.TabularInline):
     ordering = ("-number",)
 
 
-def _set_unlisted(modeladmin, request, assistants, *, unlisted: bool) -> int:
-    count = 0
+def _set_unlisted(assistants, *, unlisted: bool) -> int:
     for assistant in assistants:
         assistant_set_unlisted(assistant=assistant, unlisted=unlisted)
-        count += 1
-    return count
+    return len(assistants)
 
 
 @admin.register(Assistant)
@@ -62,18 +60,14 @@ class AssistantAdmin(admin.ModelAdmin):
     inlines = [AssistantVersionInline]
     actions = ["unlist", "list_again"]
 
-    @admin.display(description="Name")
-    def name(self, assistant: Assistant) -> str:
-        return assistant.name
-
     @admin.action(description="Unlist from gallery")
     def unlist(self, request, queryset):
-        count = _set_unlisted(self, request, queryset, unlisted=True)
+        count = _set_unlisted(queryset, unlisted=True)
         self.message_user(request, f"Unlisted {count} assistant(s).", messages.SUCCESS)
 
     @admin.action(description="List again")
     def list_again(self, request, queryset):
-        count = _set_unlisted(self, request, queryset, unlisted=False)
+        count = _set_unlisted(queryset, unlisted=False)
         self.message_user(request, f"Listed {count} assistant(s) again.", messages.SUCCESS)
 
 

@@ -211,7 +211,6 @@ def gallery(request):
     context = {
         "assistants": gallery_list(query=query),
         "query": query,
-        "report_form": ReportForm(),
         "nav_active": "gallery",
     }
     return render(request, "assistants/gallery.html", context)

@@ -18,6 +18,7 @@ from django.conf import settings
 
 CONNECT_TIMEOUT = 5.0
 READ_TIMEOUT = 120.0  # a long queue wait before the first token is still normal under load
+HEALTH_TIMEOUT = 1.0  # the status page probes several services and must answer quickly
 CHAT_PATH = "/v1/chat/completions"
 
 
@@ -42,8 +43,12 @@ class InferenceRejected(InferenceError):
     model or adapter)."""
 
 
+def _bearer(api_key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+
 def _headers() -> dict[str, str]:
-    return {"Authorization": f"Bearer {settings.INFERENCE_API_KEY}"} if settings.INFERENCE_API_KEY else {}
+    return _bearer(settings.INFERENCE_API_KEY)
 
 
 def _timeout() -> httpx.Timeout:
@@ -52,8 +57,7 @@ def _timeout() -> httpx.Timeout:
 
 @functools.cache
 def _pool(base_url: str, api_key: str) -> httpx.Client:
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    return httpx.Client(base_url=base_url, headers=headers, timeout=_timeout())
+    return httpx.Client(base_url=base_url, headers=_bearer(api_key), timeout=_timeout())
 
 
 def _client() -> httpx.Client:
@@ -103,6 +107,15 @@ def _post(path: str, body: dict) -> dict:
     if response.status_code >= 400:
         raise _error_for(response)
     return response.json()
+
+
+def inference_health() -> str:
+    """`ok`, or why the inference server is not usable (for the status page and /health)."""
+    try:
+        response = _client().get("/health", timeout=HEALTH_TIMEOUT)
+    except httpx.HTTPError as error:
+        return f"not reachable at {settings.INFERENCE_URL} ({type(error).__name__}: {error})"
+    return "ok" if response.status_code == 200 else f"{settings.INFERENCE_URL} answered HTTP {response.status_code}"
 
 
 def inference_tokenize(

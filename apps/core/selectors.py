@@ -2,11 +2,11 @@
 
 from dataclasses import dataclass
 
-import httpx
 import redis
 from django.conf import settings
 from django.db import connection
 
+from apps.core.inference_client import inference_health
 from apps.registry.selectors import base_models_health
 from config.celery import app as celery_app
 
@@ -44,15 +44,6 @@ def _worker() -> str:
     return "ok" if replies else "no Celery worker answered within 1 s (is `make run` running a worker?)"
 
 
-def _inference() -> str:
-    headers = {"Authorization": f"Bearer {settings.INFERENCE_API_KEY}"} if settings.INFERENCE_API_KEY else {}
-    try:
-        response = httpx.get(f"{settings.INFERENCE_URL}/health", timeout=1.0, headers=headers)
-    except httpx.HTTPError as error:
-        return f"not reachable at {settings.INFERENCE_URL} ({type(error).__name__}: {error})"
-    return "ok" if response.status_code == 200 else f"{settings.INFERENCE_URL} answered HTTP {response.status_code}"
-
-
 def _models() -> str:
     return base_models_health()
 
@@ -62,7 +53,7 @@ PROBES = {
     "pgvector": _pgvector,
     "redis": _redis,
     "worker": _worker,
-    "inference": _inference,
+    "inference": inference_health,
     "models": _models,
 }
 

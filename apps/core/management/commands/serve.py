@@ -12,7 +12,7 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
 from apps.core.supervisor import CrashLoop, Program, Supervisor
-from config.celery import worker_argv
+from config.celery import QUEUES, worker_argv
 
 
 def _wait_for_http(url: str, timeout: float) -> bool:
@@ -58,7 +58,7 @@ class Command(BaseCommand):
         settings_env = {"DJANGO_SETTINGS_MODULE": os.environ.get("DJANGO_SETTINGS_MODULE", "config.settings.local")}
         concurrency = os.environ.get("CELERY_CONCURRENCY", "2")
         # Answers stream concurrently up to what the engine batches (INFERENCE_MAX_SEQS, 16 by default).
-        chat_concurrency = int(os.environ.get("CHAT_CONCURRENCY", "16"))
+        chat_concurrency = int(os.environ.get("CHAT_CONCURRENCY") or os.environ.get("INFERENCE_MAX_SEQS") or 16)
         programs = []
         inference = urlsplit(settings.INFERENCE_URL)
         if inference.hostname in ("127.0.0.1", "localhost"):  # otherwise INFERENCE_URL names servers run elsewhere
@@ -83,7 +83,9 @@ class Command(BaseCommand):
             *programs,
             Program(
                 "worker",
-                worker_argv(concurrency=int(concurrency), name="worker@%h", queues=("default", "ingest", "finetune")),
+                worker_argv(
+                    concurrency=int(concurrency), name="worker@%h", queues=tuple(q for q in QUEUES if q != "chat")
+                ),
                 settings_env,
             ),
             Program(
