@@ -101,5 +101,5 @@ class AssistantReportAdmin(admin.ModelAdmin):
     @admin.action(description="Unlist the reported assistants")
     def unlist_assistants(self, request, queryset):
         assistants = Assistant.objects.filter(pk__in=queryset.values("assistant_id"))
-        count = _set_unlisted(self, request, assistants, unlisted=True)
+        count = _set_unlisted(assistants, unlisted=True)
         self.message_user(request, f"Unlisted {count} assistant(s).", messages.SUCCESS)
