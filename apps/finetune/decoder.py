@@ -97,28 +97,38 @@ class LoraDecoder(torch.nn.Module):
         for path in sorted(hf_dir.glob("*.safetensors")):
             tensors.update(load_file(path))
 
-        def weight(name: str, *, dtype: torch.dtype = dtype) -> torch.Tensor:
-            return tensors[name].to(device=self.device, dtype=dtype)
+        def weight(name: str) -> torch.Tensor:
+            return tensors[name].to(device=self.device, dtype=torch.float32)
 
-        def stacked(layer: int, block: str, modules: tuple[str, ...]) -> torch.Tensor:
-            names = [f"model.layers.{layer}.{block}.{m}.weight" for m in modules]
-            return torch.cat([tensors[n] for n in names]).to(device=self.device, dtype=dtype).contiguous()
+        def fused(layer: int, block: str, group: str, norm: torch.Tensor | None = None) -> torch.Tensor:
+            names = [f"model.layers.{layer}.{block}.{m}.weight" for m in LORA_GROUP_MODULES[group]]
+            stacked = torch.cat([weight(n) for n in names])
+            return (stacked if norm is None else stacked * norm).to(dtype).contiguous()
 
-        self.embed = weight("model.embed_tokens.weight", dtype=torch.float32)
-        self.head = weight("lm_head.weight" if "lm_head.weight" in tensors else "model.embed_tokens.weight")
-        self.final_norm = weight("model.norm.weight", dtype=torch.float32)
+        # Each RMSNorm's weight is folded into the columns of the linear that reads it (W diag(w)), so the
+        # norm itself is one scaling per token; the LoRA A's that read it get the same fold at use.
+        self.embed = weight("model.embed_tokens.weight")
+        head = weight("lm_head.weight" if "lm_head.weight" in tensors else "model.embed_tokens.weight")
+        self.head = (head * weight("model.norm.weight")).to(dtype)
         self.layers = []
+        self.a_scales: dict[tuple[int, str], torch.Tensor | float] = {}  # LoRA scale, times the folded norm
         for i in range(config.num_layers):
+            attn_norm = weight(f"model.layers.{i}.input_layernorm.weight")
+            mlp_norm = weight(f"model.layers.{i}.post_attention_layernorm.weight")
             self.layers.append(
                 {
-                    "attn_norm": weight(f"model.layers.{i}.input_layernorm.weight", dtype=torch.float32),
-                    "mlp_norm": weight(f"model.layers.{i}.post_attention_layernorm.weight", dtype=torch.float32),
-                    "qkv": stacked(i, "self_attn", LORA_GROUP_MODULES["qkv"]),
-                    "o": stacked(i, "self_attn", LORA_GROUP_MODULES["o"]),
-                    "gate_up": stacked(i, "mlp", LORA_GROUP_MODULES["gate_up"]),
-                    "down": stacked(i, "mlp", LORA_GROUP_MODULES["down"]),
+                    "qkv": fused(i, "self_attn", "qkv", attn_norm),
+                    "o": fused(i, "self_attn", "o"),
+                    "gate_up": fused(i, "mlp", "gate_up", mlp_norm),
+                    "down": fused(i, "mlp", "down"),
                 }
             )
+            self.a_scales |= {
+                (i, "qkv"): attn_norm * lora.scale,
+                (i, "o"): lora.scale,
+                (i, "gate_up"): mlp_norm * lora.scale,
+                (i, "down"): lora.scale,
+            }
         head_dim = config.head_dim
         exponents = torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim
         self.inv_freq = (1.0 / config.rope_theta**exponents).to(self.device)
@@ -150,7 +160,7 @@ class LoraDecoder(torch.nn.Module):
     # -- forward -----------------------------------------------------------------------------------
 
     def _linear(self, x: torch.Tensor, layer: int, group: str) -> torch.Tensor:
-        """x [N, in] through one fused linear of `layer`, plus its LoRA: y + scale * blockdiag(B) (A x)."""
+        """x [N, in] through one fused linear of `layer`, plus its LoRA: y + blockdiag(B) (scale A x)."""
         y = F.linear(x, self.layers[layer][group])
         modules = self.group_modules[group]
         if not modules:
@@ -159,49 +169,52 @@ class LoraDecoder(torch.nn.Module):
         if self.lora.dropout and self.training:
             keep = torch.empty_like(x).bernoulli_(1 - self.lora.dropout, generator=self.dropout_generator)
             dropped = x * keep.div_(1 - self.lora.dropout)
-        down = F.linear(dropped, self.lora_a[f"{layer}_{group}"].to(self.dtype))
-        # One GEMM for the group's B's (block-diagonal, zero rows for modules not targeted) that also adds
+        down = F.linear(dropped, (self.lora_a[f"{layer}_{group}"] * self.a_scales[(layer, group)]).to(self.dtype))
+        # One GEMM for the group's B's (block-diagonal; zero rows for modules not targeted) that also adds
         # the base output: cheaper than a GEMM per module and a concatenation the size of y.
         blocks = [
             self.lora_b[f"{layer}_{m}"] if m in modules else y.new_zeros(self.config.module_out_features(m), 0)
             for m in LORA_GROUP_MODULES[group]
         ]
-        up = (torch.block_diag(*blocks) * self.lora.scale).to(self.dtype)
-        return torch.addmm(y, down, up.T)
+        up = torch.block_diag(*blocks) if len(blocks) > 1 else blocks[0]
+        return torch.addmm(y, down, up.to(self.dtype).T)
 
     def _rope(self, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sign-folded sin [R, T, 1, D], so that rope(x) = x cos + roll(x, D/2) sin: the same
+        rotation as transformers' x cos + rotate_half(x) sin, with one op fewer."""
         freqs = position_ids[..., None].float() * self.inv_freq
-        angles = torch.cat([freqs, freqs], -1)[:, None]  # [R, 1, T, D]
-        return angles.cos().to(self.dtype), angles.sin().to(self.dtype)
+        cos, sin = freqs.cos(), freqs.sin()
+        return torch.cat([cos, cos], -1)[:, :, None].to(self.dtype), torch.cat([-sin, sin], -1)[:, :, None].to(
+            self.dtype
+        )
 
-    @staticmethod
-    def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        half = x.shape[-1] // 2
-        return x * cos + torch.cat([-x[..., half:], x[..., :half]], -1) * sin
+    def _norm(self, x: torch.Tensor) -> torch.Tensor:
+        return F.rms_norm(x, (self.config.hidden_size,), eps=self.config.rms_eps).to(self.dtype)
 
     def forward(
         self, input_ids: torch.Tensor, position_ids: torch.Tensor, attention_mask: torch.Tensor
     ) -> torch.Tensor:
-        """Final-normed hidden states [R * T, H] (fp32), row-major."""
+        """Final-normed hidden states [R * T, H] (fp32, row-major), without the final norm's weight:
+        `logits` applies it (folded into the head)."""
         config = self.config
         rows, width = input_ids.shape
         heads, kv_heads, head_dim = config.num_heads, config.num_kv_heads, config.head_dim
-        q_width, kv_width = heads * head_dim, kv_heads * head_dim
-        norm_shape, eps = (config.hidden_size,), config.rms_eps
+        qk_width, kv_width = (heads + kv_heads) * head_dim, kv_heads * head_dim
         cos, sin = self._rope(position_ids)
         x = F.embedding(input_ids.reshape(-1), self.embed)
-        for i, layer in enumerate(self.layers):
-            h = F.rms_norm(x, norm_shape, layer["attn_norm"], eps).to(self.dtype)
-            q, k, v = self._linear(h, i, "qkv").split([q_width, kv_width, kv_width], -1)
-            q = self._rotate(q.reshape(rows, width, heads, head_dim).transpose(1, 2), cos, sin)
-            k = self._rotate(k.reshape(rows, width, kv_heads, head_dim).transpose(1, 2), cos, sin)
+        for i in range(len(self.layers)):
+            # RoPE on q and k at once, in [R, T, heads, D] layout. split(), not slicing: its backward is one
+            # concatenation, where each slice's would be a zero-filled full-size gradient plus an add.
+            qk, v = self._linear(self._norm(x), i, "qkv").split([qk_width, kv_width], -1)
+            qk = qk.reshape(rows, width, heads + kv_heads, head_dim)
+            q, k = torch.addcmul(qk * cos, qk.roll(head_dim // 2, -1), sin).split([heads, kv_heads], 2)
+            q, k = q.transpose(1, 2), k.transpose(1, 2)
             v = v.reshape(rows, width, kv_heads, head_dim).transpose(1, 2)
             attended = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask, enable_gqa=True)
-            x = x + self._linear(attended.transpose(1, 2).reshape(rows * width, q_width), i, "o")
-            h = F.rms_norm(x, norm_shape, layer["mlp_norm"], eps).to(self.dtype)
-            gate, up = self._linear(h, i, "gate_up").chunk(2, -1)
+            x = x + self._linear(attended.transpose(1, 2).reshape(rows * width, heads * head_dim), i, "o")
+            gate, up = self._linear(self._norm(x), i, "gate_up").chunk(2, -1)
             x = x + self._linear(F.silu(gate) * up, i, "down")
-        return F.rms_norm(x, norm_shape, self.final_norm, eps)
+        return F.rms_norm(x, (config.hidden_size,), eps=config.rms_eps)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """The vocabulary projection of some hidden states [M, H], as fp32 logits [M, V]."""
