@@ -31,8 +31,7 @@ def decoder(tiny_chat):
 
 
 def hf_logprobs(model, ids: np.ndarray, sources: np.ndarray, targets: np.ndarray) -> torch.Tensor:
-    with torch.no_grad():
-        logits = model(torch.from_numpy(ids)[None]).logits[0]
+    logits = model(torch.from_numpy(ids)[None]).logits[0]
     return torch.log_softmax(logits, -1)[torch.from_numpy(sources), torch.from_numpy(targets)]
 
 
@@ -143,3 +142,38 @@ def test_first_fit_decreasing_keeps_rows_within_capacity():
     assert sorted(i for row in rows for i in row) == list(range(len(lengths)))
     assert all(sum(lengths[i] for i in row) <= 100 for row in rows)
     assert len(rows) == 4  # 400 tokens in rows of 100: no room wasted here
+
+
+def test_lora_gradients_are_peft_gradients(tiny_chat, encoder, decoder):
+    """One packed batch's mean NLL: the decoder's LoRA gradients equal PEFT's on the same weights, each
+    example run alone through transformers."""
+    import copy
+
+    from peft import LoraConfig, get_peft_model
+
+    from apps.finetune.decoder import peft_key
+
+    examples = [(encoder.sft_segment(conversation(i), max_length=512, where=str(i)),) for i in range(4)]
+    batch = collate(examples, pad_id=0)
+    decoder.zero_grad()
+    (-token_logprobs(decoder, batch).mean()).backward()
+
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=list(decoder.lora.target_modules))
+    peft = get_peft_model(copy.deepcopy(tiny_chat["model"]), config)
+    weights = decoder.adapter_tensors()
+    with torch.no_grad():
+        for name, param in peft.named_parameters():
+            if "lora_" in name:
+                param.copy_(weights[name.replace(".default", "")])
+    total = sum(len(segment.targets) for (segment,) in examples)
+    loss = sum(-hf_logprobs(peft, s.ids, s.sources, s.targets).sum() for (s,) in examples) / total
+    loss.backward()
+    peft_grads = {n.replace(".default", ""): p.grad for n, p in peft.named_parameters() if "lora_" in n}
+    rank = decoder.lora.rank
+    for layer in range(decoder.config.num_layers):
+        for group, modules in decoder.group_modules.items():
+            for band, module in enumerate(modules):
+                grad_a = decoder.lora_a[f"{layer}_{group}"].grad[band * rank : (band + 1) * rank]
+                torch.testing.assert_close(grad_a, peft_grads[peft_key(layer, module, "lora_A")], atol=1e-6, rtol=1e-4)
+                grad_b = decoder.lora_b[f"{layer}_{module}"].grad
+                torch.testing.assert_close(grad_b, peft_grads[peft_key(layer, module, "lora_B")], atol=1e-6, rtol=1e-4)
