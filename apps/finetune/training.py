@@ -5,12 +5,27 @@ PyTorch (no Django, no Celery), on the CPU or on CUDA when present; a job wraps 
     result = train_dpo(base_model_dir=..., examples=[{"prompt": [...], "chosen": [...], "rejected": [...]}],
                        out_dir=..., reference_adapter_dir=None, ...)
 
-A job page gets every metrics point through `on_metrics(point)` (a JSON-ready dict, see `_point`), can
-stop the run between steps with `should_cancel()`, and a retried job resumes from the last checkpoint in
-`checkpoint_dir` exactly where the interrupted one was (same LoRA weights, optimizer moments, data order,
-dropout draws). Failures raise TrainingError with the reason for the page: TrainingFailed for a NaN loss
-or running out of memory, TrainingCancelled for a cancel, plain TrainingError for bad examples, a base
-model the trainer cannot use or a checkpoint of another job.
+A job page gets every metrics point through `on_metrics(point)`, can stop the run between steps with
+`should_cancel()`, and a retried job resumes from the last checkpoint in `checkpoint_dir` exactly where the
+interrupted one was (same LoRA weights, optimizer moments, data order, dropout draws). Failures raise
+TrainingError with the reason for the page: TrainingFailed for a NaN loss or running out of memory,
+TrainingCancelled for a cancel, plain TrainingError for bad examples, a base model the trainer cannot use
+or a checkpoint of another job.
+
+Metrics points are JSON-ready dicts (TrainingResult.history keeps them all):
+- {"kind": "status", "message"}: the data is ready (how many examples, how many left out), a resume, the
+  reference pass starting.
+- {"kind": "train", "step", "total_steps", "epoch" (fractional), "loss", "learning_rate", "grad_norm",
+  "tokens" (real tokens in the step), "tokens_per_second" (this run so far), "elapsed_s" (the job's, across
+  resumes), "eta_s"}; DPO adds "rewards_chosen", "rewards_rejected", "reward_margin", "reward_accuracy"
+  (means over the step's pairs) and "pairs_per_second" (this step).
+- {"kind": "validation", "step", "epoch", "loss"} (DPO: and the reward statistics over the held-out
+  pairs): after each epoch (or every eval_every steps) and at the end.
+
+Checkpoints: checkpoint_dir/checkpoint/, every checkpoint_every steps, replaced whole, deleted when the
+run completes. lora.safetensors (the LoRA weights), optimizer.safetensors (AdamW's step, exp_avg and
+exp_avg_sq per parameter), rng.safetensors (the dropout generator), reference.safetensors (DPO: the
+reference log-probs) and state.json ({"fingerprint", "step", "tokens", "elapsed_s"}). No pickles.
 
 Where the speed comes from (bench/results_finetune.md measures each against TRL on this machine):
 - the decoder (decoder.py): frozen weights stored once in bf16 where the CPU has AMX (else fp32),
@@ -83,7 +98,6 @@ class TrainingSettings:
     max_steps: int | None = None  # stop early (benchmarks, smoke runs)
     precision: str = "auto"  # "auto": bf16 on CUDA and on CPUs with AMX, else fp32; or "bf16", "fp32"
     device: str = "auto"  # "auto": CUDA when present, else the CPU
-    pack: bool = True  # False pads every example to the step's longest (the benchmark's ablation)
 
     def __post_init__(self) -> None:
         if not (self.learning_rate > 0 and self.epochs >= 1 and self.batch_size >= 1 and self.max_length >= 8):
@@ -132,7 +146,8 @@ def _cpu_has_fast_bf16() -> bool:
     return bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
 
 
-def _dtype(settings: TrainingSettings, device: torch.device) -> torch.dtype:
+def compute_dtype(settings: TrainingSettings, device: torch.device) -> torch.dtype:
+    """The dtype of the frozen weights and activations (LoRA weights, norms and the loss stay fp32)."""
     if settings.precision == "auto":
         fast = torch.cuda.is_bf16_supported() if device.type == "cuda" else _cpu_has_fast_bf16()
         return torch.bfloat16 if fast else torch.float32
@@ -240,6 +255,8 @@ def _load_checkpoint(
     directory: Path, *, model: LoraDecoder, optimizer: torch.optim.Optimizer, fingerprint: str
 ) -> tuple[dict, dict | None] | None:
     path = directory / CHECKPOINT
+    if not (path / "state.json").is_file():  # interrupted between _save_checkpoint's two renames?
+        path = directory / f"{CHECKPOINT}.old"
     if not (path / "state.json").is_file():
         return None
     state = json.loads((path / "state.json").read_text())
@@ -276,7 +293,7 @@ def _save_adapter(model: LoraDecoder, out_dir: Path, *, base_model: str) -> None
 # -- failures -----------------------------------------------------------------------------------------
 
 
-def _is_out_of_memory(error: BaseException) -> bool:
+def is_out_of_memory(error: BaseException) -> bool:
     if isinstance(error, torch.OutOfMemoryError | MemoryError):
         return True
     text = str(error).lower()
@@ -363,7 +380,7 @@ class _Run:
         self.history: list[dict] = []
         self.step = 0
         self.device = _device(settings)
-        self.dtype = _dtype(settings, self.device)
+        self.dtype = compute_dtype(settings, self.device)
         self.clock = _Clock(self.device)
 
     def report(self, point: dict) -> None:
@@ -381,7 +398,7 @@ class _Run:
         except TrainingError:
             raise
         except Exception as error:
-            if _is_out_of_memory(error):
+            if is_out_of_memory(error):
                 raise TrainingFailed(
                     f"out of memory at step {self.step + 1} (batch size {self.settings.batch_size}, max length "
                     f"{self.settings.max_length}); lower either and retry"

@@ -19,8 +19,8 @@ from apps.finetune.training import (
     TrainingError,
     TrainingFailed,
     TrainingSettings,
-    _is_out_of_memory,
     dpo_loss,
+    is_out_of_memory,
     split_examples,
     train_dpo,
     train_sft,
@@ -175,8 +175,8 @@ def test_running_out_of_memory_is_recognised():
     try:
         torch.empty(1 << 60, dtype=torch.uint8)  # a real allocation failure, a million terabytes
     except RuntimeError as error:
-        assert _is_out_of_memory(error)
-    assert not _is_out_of_memory(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
+        assert is_out_of_memory(error)
+    assert not is_out_of_memory(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
 
 
 def test_cancel_stops_between_steps(tiny_chat, tmp_path):
