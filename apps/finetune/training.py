@@ -121,7 +121,7 @@ class TrainingResult:
     adapter_dir: Path
     steps: int
     epochs_completed: float
-    train_loss: float  # mean over the last epoch's steps (or all steps, when max_steps cut the run)
+    train_loss: float  # mean over this run's steps of the last (maybe partial) epoch
     validation: dict | None  # the last validation point
     history: list[dict]  # every metrics point of this run (after a resume: from the resume on)
     timings: dict[str, float]  # seconds of this run spent in data, forward, backward, optimizer, validation
@@ -472,6 +472,28 @@ class _Run:
             return -logps.mean(), {}
         return dpo_loss(sequence_logprobs(logps, batch, self.sequences), reference, beta=self.settings.beta)
 
+    def _train_step(self, indices: list[int]) -> tuple[Batch, float, dict[str, float], float, float]:
+        """One optimizer step on the training examples at `indices`: the batch, its loss, the DPO reward
+        statistics (batch means), the gradient norm before clipping and the learning rate used."""
+        with self.clock.phase("data"):
+            batch = self._batch(self.train, indices)
+            reference = self.reference["train"][indices] if self.method == "dpo" else None
+        learning_rate = learning_rate_at(self.step, total=self.total_steps, settings=self.settings)
+        for group in self.optimizer.param_groups:
+            group["lr"] = learning_rate
+        with self.clock.phase("forward"):
+            loss, stats = self._loss(batch, reference)
+        _check_finite(loss.detach(), what="loss", step=self.step + 1)
+        with self.clock.phase("backward"):
+            loss.backward()
+        with self.clock.phase("optimizer"):
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.settings.max_grad_norm)
+            _check_finite(grad_norm, what="gradient norm", step=self.step + 1)
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        means = {name: values.mean().item() for name, values in stats.items()}
+        return batch, loss.item(), means, grad_norm.item(), learning_rate
+
     def _validate(self) -> dict | None:
         if not self.val:
             return None
@@ -517,7 +539,9 @@ class _Run:
                 self.checkpoint_dir, model=self.model, optimizer=self.optimizer, fingerprint=fingerprint
             )
         if resumed:
-            state, self.reference = resumed
+            state, reference = resumed
+            if reference is not None:  # read to the CPU; the policy's log-probs live on the device
+                self.reference = {name: values.to(self.device) for name, values in reference.items()}
             self.step, tokens_before, elapsed_before = state["step"], state["tokens"], state["elapsed_s"]
             self.report(_point("status", message=f"resumed from the checkpoint at step {self.step}"))
         if self.method == "dpo" and self.reference is None:
@@ -527,8 +551,7 @@ class _Run:
                 if self.val:
                     self.reference["validation"] = self._reference_logprobs(self.val)
 
-        model, optimizer = self.model, self.optimizer
-        model.train()
+        self.model.train()
         start = time.perf_counter()
         losses: list[float] = []
         last_validation = None
@@ -539,28 +562,13 @@ class _Run:
             indices = _chunks(order, settings.batch_size)[in_epoch]
             self.check_cancel(f"at step {self.step}")
             step_start = time.perf_counter()
-            with self.clock.phase("data"):
-                batch = self._batch(self.train, indices)
-                reference = self.reference["train"][indices] if self.method == "dpo" else None
-            learning_rate = learning_rate_at(self.step, total=self.total_steps, settings=settings)
-            for group in optimizer.param_groups:
-                group["lr"] = learning_rate
-            with self.clock.phase("forward"):
-                loss, stats = self._loss(batch, reference)
-            _check_finite(loss.detach(), what="loss", step=self.step + 1)
-            with self.clock.phase("backward"):
-                loss.backward()
-            with self.clock.phase("optimizer"):
-                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), settings.max_grad_norm)
-                _check_finite(grad_norm, what="gradient norm", step=self.step + 1)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
+            batch, loss, stats, grad_norm, learning_rate = self._train_step(indices)
             self.step += 1
             run_steps += 1
             tokens_run += batch.tokens
-            losses.append(loss.item())
+            losses.append(loss)
             now = time.perf_counter()
-            extra = {name: values.mean().item() for name, values in stats.items()}
+            extra = dict(stats)
             if self.method == "dpo":
                 extra["pairs_per_second"] = len(indices) / (now - step_start)
             self.report(
@@ -571,7 +579,7 @@ class _Run:
                     epoch=self.step / self.steps_per_epoch,
                     loss=losses[-1],
                     learning_rate=learning_rate,
-                    grad_norm=grad_norm.item(),
+                    grad_norm=grad_norm,
                     tokens=batch.tokens,
                     tokens_per_second=tokens_run / (now - start),
                     elapsed_s=elapsed_before + now - start,
@@ -585,8 +593,8 @@ class _Run:
             if self.checkpoint_dir is not None and due:
                 _save_checkpoint(
                     self.checkpoint_dir,
-                    model=model,
-                    optimizer=optimizer,
+                    model=self.model,
+                    optimizer=self.optimizer,
                     reference=self.reference,
                     state={
                         "fingerprint": fingerprint,
@@ -599,7 +607,7 @@ class _Run:
             last_validation = self._validate()
         # The registry's identity of the base model: var/models/<name>/<content hash>/hf
         base_model = f"{self.base_model_dir.parent.parent.name}/{self.base_model_dir.parent.name}"
-        _save_adapter(model, self.out_dir, base_model=base_model)
+        _save_adapter(self.model, self.out_dir, base_model=base_model)
         if self.checkpoint_dir is not None:
             shutil.rmtree(self.checkpoint_dir / CHECKPOINT, ignore_errors=True)
         last_epoch = losses[-(self.step % self.steps_per_epoch or self.steps_per_epoch) :]
