@@ -395,7 +395,7 @@ def ablation(
     from inference.tokenizer import ChatTokenizer
 
     encoder = ChatEncoder(ChatTokenizer(hf_dir))
-    pad = encoder.tokenizer.hf.pad_token_id
+    pad_id = encoder.tokenizer.hf.pad_token_id
     sft = [(encoder.sft_segment(c, max_length=SEQ_LEN, where=""),) for c in conversations[: 3 * BATCH]]
     short = [(encoder.sft_segment(c, max_length=SEQ_LEN, where=""),) for c in mixed[: 3 * BATCH]]
     tree = [encoder.dpo_segments(p, max_length=SEQ_LEN, where="") for p in pairs[: 3 * BATCH]]
@@ -408,15 +408,15 @@ def ablation(
             models[(dtype, dropout)] = decoder, torch.optim.AdamW(decoder.parameters(), lr=1e-5, fused=True)
         return models[(dtype, dropout)]
 
-    def step(trained, encoded, *, pack=True, full_vocab=False, dpo=False, live_reference=False):
+    def step(trained, encoded, *, pad=False, full_vocab=False, dpo=False, live_reference=False):
         """Seconds per phase of one training step on `encoded` (a batch's examples)."""
         m, optimizer = trained
         times, start = {}, time.perf_counter()
-        batch = collate(encoded, pad_id=pad, pack=pack)
+        batch = collate(encoded, pad_id=pad_id, pad_to_longest=pad)
         times["data"] = time.perf_counter() - start
         start = time.perf_counter()
         if full_vocab:
-            hidden = m(batch.input_ids, batch.position_ids, batch.attention_mask)
+            hidden = m(batch)
             logps = torch.log_softmax(m.logits(hidden), -1)[batch.sources, batch.targets]
         else:
             logps = token_logprobs(m, batch)
@@ -448,7 +448,7 @@ def ablation(
     batches_sft = [sft[i : i + BATCH] for i in range(0, len(sft), BATCH)]
     variants = {
         "Atelier (bf16 where AMX, packed, projection on assistant tokens only)": lambda b: step(model(dtype), b),
-        "- padding instead of packing": lambda b: step(model(dtype), b, pack=False),
+        "- padding instead of packing": lambda b: step(model(dtype), b, pad=True),
         "- full-vocabulary projection": lambda b: step(model(dtype), b, full_vocab=True),
         "- fp32 instead of bf16": lambda b: step(model(torch.float32), b),
         "- LoRA dropout 0.05": lambda b: step(model(dtype, 0.05), b),
@@ -458,7 +458,7 @@ def ablation(
     mixed_variants = {
         f"mixed lengths ({MIXED[0]}–{MIXED[1]} tokens): Atelier": lambda b: step(model(dtype), b),
         f"mixed lengths ({MIXED[0]}–{MIXED[1]} tokens): - padding instead of packing": lambda b: step(
-            model(dtype), b, pack=False
+            model(dtype), b, pad=True
         ),
     }
     batches_tree = [tree[i : i + BATCH] for i in range(0, len(tree), BATCH)]

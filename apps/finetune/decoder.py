@@ -12,8 +12,8 @@ matmuls (tests/finetune checks this decoder's logits against that pair's):
   an add per module: 7 of each per layer).
 - the residual stream, norms and the loss stay fp32; matmuls, attention and activations use the
   compute dtype (what torch.autocast does, minus the casts).
-- RoPE on q and k in one pass; attention is SDPA with the packed batch's block-diagonal mask
-  (apps/finetune/packing.py) and position ids that restart per example.
+- RoPE on q and k in one pass; attention is one causal SDPA call over the packed stream's attention rows
+  (apps/finetune/packing.py), with position ids that restart per example.
 - the vocabulary projection is not part of forward(): the trainer applies `logits` only to the positions
   that predict a trained token.
 
@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
+from apps.finetune.packing import Batch
 from inference.adapters import ADAPTER_CONFIG, ADAPTER_WEIGHTS, AdapterError, read_peft_adapter
 from inference.graph import LORA_GROUP_MODULES, LORA_GROUPS, DecoderConfig
 
@@ -185,38 +186,41 @@ class LoraDecoder(torch.nn.Module):
         return torch.addmm(y, down, up.to(self.dtype).T)
 
     def _rope(self, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos and sign-folded sin [R, T, 1, D], so that rope(x) = x cos + roll(x, D/2) sin: the same
-        rotation as transformers' x cos + rotate_half(x) sin, with one op fewer."""
-        freqs = position_ids[..., None].float() * self.inv_freq
+        """cos and sign-folded sin [N, 1, D], so that rope(x) = x cos + roll(x, D/2) sin: the same rotation as
+        transformers' x cos + rotate_half(x) sin, with one op fewer."""
+        freqs = position_ids[:, None].float() * self.inv_freq
         cos, sin = freqs.cos(), freqs.sin()
-        return torch.cat([cos, cos], -1)[:, :, None].to(self.dtype), torch.cat([-sin, sin], -1)[:, :, None].to(
-            self.dtype
-        )
+        return torch.cat([cos, cos], -1)[:, None].to(self.dtype), torch.cat([-sin, sin], -1)[:, None].to(self.dtype)
 
     def _norm(self, x: torch.Tensor) -> torch.Tensor:
         return F.rms_norm(x, (self.config.hidden_size,), eps=self.config.rms_eps).to(self.dtype)
 
-    def forward(
-        self, input_ids: torch.Tensor, position_ids: torch.Tensor, attention_mask: torch.Tensor
-    ) -> torch.Tensor:
-        """Final-normed hidden states [R * T, H] (fp32, row-major), without the final norm's weight:
-        `logits` applies it (folded into the head)."""
+    def _attend(self, qk: torch.Tensor, v: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """Causal attention per example of a packed stream: qk [N, heads + kv heads, D] (after RoPE) and
+        v [N, kv heads, D] gathered into the batch's attention rows, one SDPA call, each token's output
+        taken back: [N, heads * D]."""
         config = self.config
-        rows, width = input_ids.shape
+        rows, width = batch.attention_rows
+        qk_rows = qk.index_select(0, batch.gather).view(rows, width, -1, config.head_dim).transpose(1, 2)
+        q, k = qk_rows.split([config.num_heads, config.num_kv_heads], 1)
+        v = v.index_select(0, batch.gather).view(rows, width, -1, config.head_dim).transpose(1, 2)
+        attended = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+        return attended.transpose(1, 2).reshape(rows * width, -1).index_select(0, batch.keep)
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        """Final-normed hidden states [N, H] (fp32) of a packed stream (apps/finetune/packing.py), without the
+        final norm's weight: `logits` applies it (folded into the head)."""
+        config = self.config
         heads, kv_heads, head_dim = config.num_heads, config.num_kv_heads, config.head_dim
         qk_width, kv_width = (heads + kv_heads) * head_dim, kv_heads * head_dim
-        cos, sin = self._rope(position_ids)
-        x = F.embedding(input_ids.reshape(-1), self.embed)
+        cos, sin = self._rope(batch.position_ids)
+        x = F.embedding(batch.input_ids, self.embed)
         for i in range(len(self.layers)):
-            # RoPE on q and k at once, in [R, T, heads, D] layout. split(), not slicing: its backward is one
-            # concatenation, where each slice's would be a zero-filled full-size gradient plus an add.
+            # RoPE on q and k at once, in [N, heads, D] layout
             qk, v = self._linear(self._norm(x), i, "qkv").split([qk_width, kv_width], -1)
-            qk = qk.reshape(rows, width, heads + kv_heads, head_dim)
-            q, k = torch.addcmul(qk * cos, qk.roll(head_dim // 2, -1), sin).split([heads, kv_heads], 2)
-            q, k = q.transpose(1, 2), k.transpose(1, 2)
-            v = v.reshape(rows, width, kv_heads, head_dim).transpose(1, 2)
-            attended = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask, enable_gqa=True)
-            x = x + self._linear(attended.transpose(1, 2).reshape(rows * width, heads * head_dim), i, "o")
+            qk = qk.reshape(-1, heads + kv_heads, head_dim)
+            qk = torch.addcmul(qk * cos, qk.roll(head_dim // 2, -1), sin)
+            x = x + self._linear(self._attend(qk, v.reshape(-1, kv_heads, head_dim), batch), i, "o")
             gate, up = self._linear(self._norm(x), i, "gate_up").chunk(2, -1)
             x = x + self._linear(F.silu(gate) * up, i, "down")
         return F.rms_norm(x, (config.hidden_size,), eps=config.rms_eps)

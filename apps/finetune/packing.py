@@ -1,4 +1,4 @@
-"""Training examples to packed token rows: assistant-only targets, and no attention across examples.
+"""Training examples to one packed token stream: assistant-only targets, and no attention across examples.
 
 A *segment* is one example tokenized exactly as the engine tokenizes a chat (the model's own chat
 template rendered to text, then the fast tokenizer, inference/tokenizer.py). Its *predictions* are
@@ -16,13 +16,15 @@ assistant tokens alone instead of every position.
   benchmark's ablation. Completions are tokenized on their own, as the engine generates them after a
   prompt.
 
-Packing: a step's segments are placed first-fit-decreasing into rows as long as the step's longest
-segment. Padding every segment to that length would cost the linears (most of the work) for every pad
-token; packed rows skip most of them, and since rows never outgrow the longest segment, attention's
-T² is never larger than with padding. Each token carries its segment number, position id and branch,
-and the attention mask is causal ∧ same segment ∧ (the key is shared or on the query's branch):
-block-diagonal, so attention never crosses examples (tests/finetune check the per-example losses
-against unpacked ones).
+Packing: a step's segments are concatenated into one stream of tokens with no padding, so the linears
+(most of the work) run on real tokens only. Attention alone works on rows: each example is a row of its
+own (a DPO tree two: prompt + chosen, and prompt + rejected, the prompt's keys and values gathered from
+the stream again), padded at the end to the longest row, and one causal SDPA call covers them all. Causal
+attention keeps every real token from seeing the padding after it, the CPU kernel skips the blocks above
+the diagonal, and no mask is built or read. Attention therefore never crosses examples, and each
+example's log-probs are those it gets alone (tests/finetune checks them against transformers).
+`pad_to_longest=True` pads the stream itself instead, every example to the step's longest: the
+benchmark's baseline.
 """
 
 from collections.abc import Sequence
@@ -56,19 +58,21 @@ class Segment:
 
 @dataclass(frozen=True)
 class Batch:
-    input_ids: torch.Tensor  # [R, T]
-    position_ids: torch.Tensor  # [R, T]
-    attention_mask: torch.Tensor  # bool [R, 1, T, T], True where a query may attend to a key
-    sources: torch.Tensor  # [M] flat indices into the R*T hidden states
-    targets: torch.Tensor  # [M]
+    input_ids: torch.Tensor  # [N], the step's segments one after the other
+    position_ids: torch.Tensor  # [N]
+    attention_rows: tuple[int, int]  # (rows, width) of the attention layout
+    gather: torch.Tensor  # [rows * width] the stream token at each attention slot (padding: any, never seen)
+    keep: torch.Tensor  # [N] the attention slot whose output each stream token takes
+    sources: torch.Tensor  # [M] indices into the stream of the hidden states that predict...
+    targets: torch.Tensor  # [M] ...these tokens
     sequences: torch.Tensor  # [M] example index in the batch * sequences_per_example + sequence
     examples: int
     tokens: int  # real (non-padding) tokens
 
     def to(self, device: torch.device) -> "Batch":
-        move = {f: getattr(self, f).to(device) for f in ("input_ids", "position_ids", "attention_mask")}
-        move |= {f: getattr(self, f).to(device) for f in ("sources", "targets", "sequences")}
-        return Batch(**move, examples=self.examples, tokens=self.tokens)
+        tensors = ("input_ids", "position_ids", "gather", "keep", "sources", "targets", "sequences")
+        moved = {name: getattr(self, name).to(device) for name in tensors}
+        return Batch(**moved, attention_rows=self.attention_rows, examples=self.examples, tokens=self.tokens)
 
 
 def _check_messages(messages: object, where: str, *, roles: Sequence[str] = ROLES) -> list[dict]:
@@ -196,58 +200,52 @@ class ChatEncoder:
         return tuple(segments)
 
 
-def pack_rows(lengths: Sequence[int], *, capacity: int) -> list[list[int]]:
-    """First-fit-decreasing: indices of the segments in each row, no row over capacity."""
-    rows: list[list[int]] = []
-    free: list[int] = []
-    for index in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
-        for row, room in enumerate(free):
-            if lengths[index] <= room:
-                rows[row].append(index)
-                free[row] -= lengths[index]
-                break
-        else:
-            rows.append([index])
-            free.append(capacity - lengths[index])
-    return rows
+def _attention_rows(segment: Segment, offset: int, length: int) -> list[tuple[np.ndarray, int]]:
+    """The segment's rows: (stream indices, index of the first slot whose output the stream keeps). A plain
+    segment (with any padding after it, `length` in all) is one row; a DPO tree is prompt + chosen, then
+    prompt + rejected keeping only the rejected slots."""
+    rejected = int((segment.branches == REJECTED).sum())
+    if not rejected:
+        return [(offset + np.arange(length), 0)]
+    prompt, first = int((segment.branches == SHARED).sum()), length - rejected
+    return [
+        (offset + np.arange(first), 0),
+        (offset + np.concatenate([np.arange(prompt), np.arange(first, length)]), prompt),
+    ]
 
 
-def collate(examples: Sequence[tuple[Segment, ...]], *, pad_id: int, pack: bool = True) -> Batch:
-    """One step's examples as rows: packed (rows as long as the longest segment), or one segment per row
-    padded to the longest (the baseline the benchmark compares against)."""
+def collate(examples: Sequence[tuple[Segment, ...]], *, pad_id: int, pad_to_longest: bool = False) -> Batch:
+    """One step's examples as one packed stream of tokens and its attention rows (or, for the benchmark's
+    baseline, each segment padded to the longest in the stream too)."""
     segments = [(example, segment) for example, parts in enumerate(examples) for segment in parts]
-    lengths = [len(segment) for _, segment in segments]
-    width = max(lengths)
-    rows = pack_rows(lengths, capacity=width) if pack else [[i] for i in range(len(segments))]
+    longest = max(len(segment) for _, segment in segments)
     per_example = max(int(segment.sequences.max()) + 1 for _, segment in segments)
-    shape = (len(rows), width)
-    ids = np.full(shape, pad_id, dtype=np.int64)
-    positions = np.zeros(shape, dtype=np.int64)
-    segment_of = np.full(shape, -1, dtype=np.int64)  # padding is its own segment, so no query sees nothing
-    branches = np.zeros(shape, dtype=np.int8)
-    sources, targets, sequences = [], [], []
-    for r, row in enumerate(rows):
-        offset = 0
-        for index in row:
-            example, segment = segments[index]
-            span = slice(offset, offset + len(segment))
-            ids[r, span], positions[r, span], branches[r, span] = segment.ids, segment.positions, segment.branches
-            segment_of[r, span] = index
-            sources.append(r * width + offset + segment.sources)
-            targets.append(segment.targets)
-            sequences.append(example * per_example + segment.sequences)
-            offset += len(segment)
-    segment_t, branch_t = torch.from_numpy(segment_of), torch.from_numpy(branches)
-    causal = torch.ones(width, width, dtype=torch.bool).tril()
-    same = segment_t[:, :, None] == segment_t[:, None, :]
-    visible = (branch_t[:, None, :] == SHARED) | (branch_t[:, :, None] == branch_t[:, None, :])
+    ids, positions, rows, sources, targets, sequences = [], [], [], [], [], []
+    offset = 0
+    for example, segment in segments:
+        pad = longest - len(segment) if pad_to_longest else 0
+        ids += [segment.ids, np.full(pad, pad_id, dtype=np.int64)]
+        positions += [segment.positions, segment.positions[-1] + 1 + np.arange(pad, dtype=np.int64)]
+        rows += _attention_rows(segment, offset, len(segment) + pad)
+        sources.append(offset + segment.sources)
+        targets.append(segment.targets)
+        sequences.append(example * per_example + segment.sequences)
+        offset += len(segment) + pad
+    width = max(len(indices) for indices, _ in rows)
+    gather = np.zeros((len(rows), width), dtype=np.int64)
+    keep = np.empty(offset, dtype=np.int64)
+    for row, (indices, kept_from) in enumerate(rows):
+        gather[row, : len(indices)] = indices
+        keep[indices[kept_from:]] = row * width + np.arange(kept_from, len(indices))
     return Batch(
-        input_ids=torch.from_numpy(ids),
-        position_ids=torch.from_numpy(positions),
-        attention_mask=(causal & same & visible)[:, None],
+        input_ids=torch.from_numpy(np.concatenate(ids)),
+        position_ids=torch.from_numpy(np.concatenate(positions)),
+        attention_rows=(len(rows), width),
+        gather=torch.from_numpy(gather.reshape(-1)),
+        keep=torch.from_numpy(keep),
         sources=torch.from_numpy(np.concatenate(sources)),
         targets=torch.from_numpy(np.concatenate(targets)),
         sequences=torch.from_numpy(np.concatenate(sequences)),
         examples=len(examples),
-        tokens=sum(lengths),
+        tokens=sum(len(segment) for _, segment in segments),
     )

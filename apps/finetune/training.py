@@ -30,7 +30,7 @@ reference log-probs) and state.json ({"fingerprint", "step", "tokens", "elapsed_
 Where the speed comes from (bench/results_finetune.md measures each against TRL on this machine):
 - the decoder (decoder.py): frozen weights stored once in bf16 where the CPU has AMX (else fp32),
   fused q|k|v and gate|up GEMMs, one LoRA A GEMM and one block-diagonal B GEMM per fused group;
-- packing (packing.py): a step's examples share rows with a block-diagonal mask instead of padding;
+- packing (packing.py): a step's examples form one stream without padding; only attention pads;
 - the vocabulary projection and the loss only at positions that predict a trained token;
 - DPO: the reference model's log-probs are computed once, before training, with the policy's own
   decoder (LoRA off, or the starting adapter's weights), and each pair's prompt once for both
@@ -195,7 +195,7 @@ def _fingerprint(*, method: str, settings: TrainingSettings, base_model_dir: Pat
 
 def token_logprobs(model: LoraDecoder, batch: Batch) -> torch.Tensor:
     """log p(target) at every predicted position [M], fp32: the head runs on those positions only."""
-    hidden = model(batch.input_ids, batch.position_ids, batch.attention_mask)
+    hidden = model(batch)
     logits = model.logits(hidden[batch.sources])
     return -F.cross_entropy(logits, batch.targets, reduction="none")
 

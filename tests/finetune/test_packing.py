@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from apps.finetune.decoder import LoraDecoder, LoraSettings
-from apps.finetune.packing import ChatEncoder, collate, pack_rows
+from apps.finetune.packing import ChatEncoder, collate
 from apps.finetune.training import sequence_logprobs, token_logprobs
 from inference.tokenizer import ChatTokenizer
 from tests.finetune.conftest import conversation, preference_pair
@@ -80,12 +80,15 @@ def test_an_example_that_opens_with_the_assistant_is_refused(encoder):
 def test_packed_rows_give_each_example_its_own_log_probs(tiny_chat, encoder, decoder):
     examples = [(encoder.sft_segment(conversation(i), max_length=512, where=str(i)),) for i in range(6)]
     packed = collate(examples, pad_id=0)
-    assert packed.input_ids.shape[0] < len(examples)  # several conversations really share a row
+    assert packed.input_ids.numel() == packed.tokens == sum(len(s) for (s,) in examples)  # no padding at all
+    padded = collate(examples, pad_id=0, pad_to_longest=True)
+    assert padded.input_ids.numel() == len(examples) * max(len(s) for (s,) in examples)
     with torch.no_grad():
-        got = token_logprobs(decoder, packed)
+        got, with_padding = token_logprobs(decoder, packed), token_logprobs(decoder, padded)
         for index, (segment,) in enumerate(examples):
             alone = token_logprobs(decoder, collate([(segment,)], pad_id=0))
             torch.testing.assert_close(got[packed.sequences == index], alone, atol=1e-5, rtol=0)
+            torch.testing.assert_close(with_padding[padded.sequences == index], alone, atol=1e-5, rtol=0)
 
 
 def test_the_decoder_computes_what_transformers_computes(tiny_chat, encoder):
@@ -104,6 +107,7 @@ def test_the_decoder_computes_what_transformers_computes(tiny_chat, encoder):
 def test_a_pair_shares_its_prompt_and_scores_like_two_sequences(tiny_chat, encoder, decoder):
     pairs = [preference_pair(i) for i in range(4)]
     tree = collate([encoder.dpo_segments(p, max_length=512, where="t") for p in pairs], pad_id=0)
+    assert tree.attention_rows[0] == 2 * len(pairs)  # prompt + chosen, and prompt + rejected, per pair
     plain = [encoder.dpo_segments(p, max_length=512, where="t", share_prompt=False) for p in pairs]
     two = collate(plain, pad_id=0)
     assert tree.tokens < two.tokens  # the prompt is there once per pair, not twice
@@ -134,14 +138,6 @@ def test_a_long_pair_loses_the_start_of_its_prompt_first(encoder):
     header = encoder.tokenizer.encode("<|im_start|>assistant\n")
     shared = segment.ids[segment.branches == 0].tolist()
     assert shared[-len(header) :] == header  # the prompt still ends where the answer starts
-
-
-def test_first_fit_decreasing_keeps_rows_within_capacity():
-    lengths = [90, 10, 50, 40, 60, 30, 100, 20]
-    rows = pack_rows(lengths, capacity=100)
-    assert sorted(i for row in rows for i in row) == list(range(len(lengths)))
-    assert all(sum(lengths[i] for i in row) <= 100 for row in rows)
-    assert len(rows) == 4  # 400 tokens in rows of 100: no room wasted here
 
 
 def test_lora_gradients_are_peft_gradients(tiny_chat, encoder, decoder):

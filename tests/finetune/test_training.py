@@ -13,7 +13,7 @@ from peft import PeftModel
 from safetensors.torch import load_file, save_file
 
 from apps.finetune.decoder import LoraDecoder, LoraSettings
-from apps.finetune.packing import ChatEncoder
+from apps.finetune.packing import ChatEncoder, Segment, collate
 from apps.finetune.training import (
     TrainingCancelled,
     TrainingError,
@@ -241,9 +241,16 @@ def test_the_adapter_runs_the_same_in_peft_and_in_the_engine(tiny_chat, tmp_path
     decoder.load_adapter_weights(result.adapter_dir)
     n = len(ids)
     with torch.no_grad():
-        ours = decoder.logits(
-            decoder(torch.tensor([ids]), torch.arange(n)[None], torch.ones(n, n, dtype=torch.bool).tril()[None, None])
+        positions = np.arange(n)
+        whole = Segment(
+            ids=np.array(ids),
+            positions=positions,
+            branches=np.zeros(n, dtype=np.int8),
+            sources=positions,
+            targets=np.array(ids),
+            sequences=np.zeros(n, dtype=np.int64),
         )
+        ours = decoder.logits(decoder(collate([(whole,)], pad_id=0)))
     torch.testing.assert_close(ours, want, atol=1e-4, rtol=0)
     # and the engine serves it as PEFT runs it
     session = tiny_engine(tiny_chat["hf_dir"], tmp_path / "engine")
