@@ -45,8 +45,9 @@ class BaseModelError(ValueError):
 
 @dataclass(frozen=True)
 class LoraSettings:
-    """PEFT's LoRA knobs. The defaults suit SmolLM2-135M: rank 16 on all seven linear layers, alpha 2 x rank;
-    no dropout (PEFT's default too), as a 0.05 dropout halved the training rate here (bench/results_finetune.md)."""
+    """PEFT's LoRA knobs. The defaults suit SmolLM2-135M: rank 16 on all seven linear layers, alpha 2 x rank,
+    and no dropout (PEFT's default too): a 0.05 dropout cost a quarter of the training rate here (its random
+    masks; bench/results_finetune.md)."""
 
     rank: int = 16
     alpha: float = 32.0
