@@ -99,6 +99,10 @@ CELERY_RESULT_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_RESULT_EXPIRES = 24 * 3600
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# Periodic tasks, sent by one `celery beat` process (make run starts it; compose has a `beat` service).
+CELERY_BEAT_SCHEDULE = {
+    "chat-replies-fail-abandoned": {"task": "chat.replies_fail_abandoned", "schedule": 30.0},
+}
 
 # --- Inference engine (a separate process; see inference/) ---------------------------------------
 INFERENCE_URL = env("INFERENCE_URL", default="http://127.0.0.1:8001")
