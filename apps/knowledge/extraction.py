@@ -16,7 +16,8 @@ Pure: no database, no network, no settings beyond `KNOWLEDGE_MAX_UPLOAD_MB`. Eve
    formats. A mismatch is refused, naming what the content is ("a PNG image").
 2. Reading, per format (`apps/knowledge/readers/`): visible text as blocks, hidden passages with their reason.
 3. Cleaning, per block, the same for every format: `apps.core.unicode.unicode_clean` removes invisible
-   characters (tag-character messages are decoded, logged and kept), then base64 runs of 24+ characters are
+   characters (tag-character messages are decoded, logged and kept; the selectors and joiners inside ordinary
+   emoji are removed without a finding), then base64 runs of 24+ characters are
    decoded and a run that decodes to readable text is removed as `ENCODED_TEXT`. Runs that decode to bytes
    (hashes, keys, images, identifiers that happen to be long) stay: they are no instruction.
 4. Layout: blocks joined by a blank line ("\\n\\n" appears nowhere else outside preformatted blocks, so
@@ -78,6 +79,14 @@ _BASE64_WHOLE = re.compile(r"[A-Za-z0-9+/_-]+={0,2}")
 _CONTROL = re.compile(r"[\x00-\x08\x0e-\x1f\x7f-\x9f]")  # category Cc less \t \n \v \f \r
 _WORD = re.compile(r"[^\W\d_]{2,}")
 _INVISIBLE_KIND = {kind: re.compile(f"[{chars}]") for kind, chars in KINDS.items()}
+# Invisible characters that ordinary emoji are made of: removed like the rest, but no finding. A presentation
+# selector (U+FE0E/U+FE0F) right after a character ("⚠️"), a zero-width joiner between two pictographs
+# ("👩‍💻"). Smuggled bytes need runs of selectors, or joiners between letters, and those are still reported.
+_PICTOGRAPH = "\u2600-\u27bf\U0001f000-\U0001faff"
+_EMOJI_PARTS = re.compile(
+    f"(?<=[^{KINDS['variation selectors']}])[\ufe0e\ufe0f](?![{KINDS['variation selectors']}])"
+    f"|(?<=[{_PICTOGRAPH}\ufe0f])\u200d(?=[{_PICTOGRAPH}])"
+)
 
 
 class DocumentFormat(StrEnum):
@@ -288,7 +297,9 @@ def _layout(reading: Reading, *, document_format: DocumentFormat, source: str) -
             if finding.decoded:
                 tag_messages.append(finding.decoded)
             else:
-                invisible.setdefault(finding.kind, []).extend(_INVISIBLE_KIND[finding.kind].findall(block.text))
+                suspicious = _INVISIBLE_KIND[finding.kind].findall(_EMOJI_PARTS.sub("", block.text))
+                if suspicious:
+                    invisible.setdefault(finding.kind, []).extend(suspicious)
         text = _encoded_remove(clean.text, hidden=hidden, page=block.page)
         text = _preformatted_tidy(text) if block.preformatted else _spaces_collapse(text)
         if not text:
