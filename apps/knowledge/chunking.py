@@ -8,26 +8,51 @@ size limit; a paragraph too long on its own is cut at sentence ends, then betwee
 enormous word) anywhere. Consecutive chunks of one section overlap by up to `overlap` tokens, starting on a
 word, so a sentence cut in two is whole in one of them.
 
-Size is counted in characters, as a stand-in for the embedding model's tokens: all-MiniLM-L6-v2 reads at most
-256 WordPiece tokens (special tokens included) and ignores the rest. Measured with its tokenizer
-(bench/chunk_tokens.py), English prose runs 4-5.5 characters a token, Markdown READMEs with URLs and code
-2.4-3.3; `CHARS_PER_TOKEN` = 3 keeps nearly every chunk inside the window without a tokenizer at ingestion.
+Size is counted in estimated tokens of the embedding model, all-MiniLM-L6-v2, which reads at most 256
+WordPiece tokens ([CLS] and [SEP] included) and ignores the rest. `token_estimate` follows its pre-tokenizer
+without loading it: each punctuation mark and each CJK character is a token; a Latin word (accents folded,
+as the uncased model does) one per 4 characters, one per 1.5 if it holds digits (numbers, hashes, base64);
+a word in another script one per letter. bench/extraction.py measures it against the real tokenizer
+(bench/extraction_results.md); `CHUNK_MAX_TOKENS` is set from that table so that every measured chunk fits.
+The known blind spot: long random letter strings without digits, up to 2.5x under.
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 import re
+import unicodedata
 from dataclasses import dataclass
 
 from apps.knowledge.extraction import Extraction, Heading
 
-CHARS_PER_TOKEN = 3.0
-CHUNK_MAX_TOKENS = 250  # of the model's 256, leaving room for [CLS] and [SEP]
-CHUNK_OVERLAP_TOKENS = 25
+CHUNK_MAX_TOKENS = 220  # estimated; measured real counts run at most 1.12x the estimate: under 254
+CHUNK_OVERLAP_TOKENS = 20
 
 _PARAGRAPH = re.compile(r"\S(?:(?!\n\n).)*", re.DOTALL)  # a blank line separates blocks (extraction.py)
 _SENTENCE_END = re.compile(r"(?<=[.!?…。])\s+")
+_CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uac00-\ud7af"
+_PIECE = re.compile(f"[{_CJK}]|[^\\W{_CJK}]+|[^\\w\\s]")
+_WORD = re.compile(r"\S+")
+
+
+def token_estimate(text: str) -> int:
+    """Estimated all-MiniLM-L6-v2 WordPiece tokens in `text`, special tokens excluded (module docstring)."""
+    tokens = 0
+    for match in _PIECE.finditer(text):
+        piece = match.group()
+        if len(piece) == 1:
+            tokens += 1
+            continue
+        folded = "".join(char for char in unicodedata.normalize("NFKD", piece) if not unicodedata.combining(char))
+        if not folded.isascii():
+            tokens += len(piece)  # the vocabulary has few pieces of other scripts: about one per letter
+        elif any(char.isdigit() for char in piece):
+            tokens += math.ceil(len(piece) / 1.5)  # numbers, hashes, base64: short pieces
+        else:
+            tokens += math.ceil(len(piece) / 4)
+    return tokens
 
 
 @dataclass(frozen=True)
@@ -49,13 +74,11 @@ def text_chunk(
     """The extraction cut into chunks of at most `max_tokens` (estimated), overlapping by up to `overlap`."""
     if overlap >= max_tokens:
         raise ValueError("overlap must be smaller than max_tokens")
-    max_chars = int(max_tokens * CHARS_PER_TOKEN)
-    overlap_chars = int(overlap * CHARS_PER_TOKEN)
     text = extraction.text
     chunks: list[Chunk] = []
     for start, end, heading_path in _sections(extraction):
-        units = [piece for paragraph in _paragraphs(text, start, end) for piece in _fit(text, paragraph, max_chars)]
-        for chunk_start, chunk_end in _pack(text, units, max_chars, overlap_chars):
+        units = [piece for paragraph in _paragraphs(text, start, end) for piece in _fit(text, paragraph, max_tokens)]
+        for chunk_start, chunk_end in _pack(text, units, max_tokens, overlap):
             chunks.append(
                 Chunk(
                     index=len(chunks),
@@ -110,11 +133,13 @@ def _paragraphs(text: str, start: int, end: int) -> list[tuple[int, int]]:
     ]
 
 
-def _fit(text: str, span: tuple[int, int], max_chars: int) -> list[tuple[int, int]]:
-    """`span` as pieces of at most `max_chars`: whole, else sentences, else words, else hard cuts."""
+def _fit(text: str, span: tuple[int, int], max_tokens: int) -> list[tuple[int, int, int]]:
+    """`span` as (start, end, tokens) pieces of at most `max_tokens`: whole, else sentences, else words, else
+    (one enormous word) cuts of `max_tokens` characters, since no character is more than one token."""
     start, end = span
-    if end - start <= max_chars:
-        return [span]
+    tokens = token_estimate(text[start:end])
+    if tokens <= max_tokens:
+        return [(start, end, tokens)]
     for separator in (_SENTENCE_END, re.compile(r"\s+")):
         pieces, piece_start = [], start
         for match in separator.finditer(text, start, end):
@@ -122,28 +147,39 @@ def _fit(text: str, span: tuple[int, int], max_chars: int) -> list[tuple[int, in
             piece_start = match.end()
         pieces.append((piece_start, end))
         if len(pieces) > 1:
-            return [fitted for piece in pieces for fitted in _fit(text, piece, max_chars)]
-    return [(cut, min(cut + max_chars, end)) for cut in range(start, end, max_chars)]
+            return [fitted for piece in pieces for fitted in _fit(text, piece, max_tokens)]
+    cuts = range(start, end, max_tokens)
+    return [(cut, min(cut + max_tokens, end), token_estimate(text[cut : cut + max_tokens])) for cut in cuts]
 
 
-def _pack(text: str, units: list[tuple[int, int]], max_chars: int, overlap_chars: int) -> list[tuple[int, int]]:
-    """Greedy packing of consecutive units into chunks of at most `max_chars`, each chunk after the first
-    starting up to `overlap_chars` back, on a word start."""
+def _pack(text: str, units: list[tuple[int, int, int]], max_tokens: int, overlap: int) -> list[tuple[int, int]]:
+    """Consecutive units packed greedily into chunks of at most `max_tokens`; each chunk after the first starts
+    with up to `overlap` tokens of whole words from the end of the one before."""
     chunks: list[tuple[int, int]] = []
     index = 0
-    start = None
     while index < len(units):
-        if start is None:
-            start = units[index][0]
+        start, used = units[index][0], 0
+        if chunks and overlap:
+            start, used = _overlap(text, chunks[-1], min(overlap, max_tokens - units[index][2]), default=start)
         end = units[index][1]
+        used += units[index][2]
         index += 1
-        while index < len(units) and units[index][1] - start <= max_chars:
+        while index < len(units) and used + units[index][2] <= max_tokens:
             end = units[index][1]
+            used += units[index][2]
             index += 1
         chunks.append((start, end))
-        start = None
-        if index < len(units) and overlap_chars:
-            earliest = max(end - overlap_chars, units[index][1] - max_chars, chunks[-1][0] + 1)
-            word = re.compile(r"(?<!\S)\S").search(text, earliest, end)
-            start = word.start() if word else None
     return chunks
+
+
+def _overlap(text: str, previous: tuple[int, int], budget: int, *, default: int) -> tuple[int, int]:
+    """Where the next chunk starts when it repeats the last words of `previous` (at most `budget` tokens, and
+    never all of it), and how many tokens that repeats. `default` when not even one word fits."""
+    start, used = default, 0
+    words = list(_WORD.finditer(text, *previous))
+    for word in reversed(words[1:]):
+        tokens = token_estimate(word.group())
+        if used + tokens > budget:
+            break
+        start, used = word.start(), used + tokens
+    return start, used

@@ -94,12 +94,16 @@ class ExtractionFailure(StrEnum):
 
 class ExtractionError(Exception):
     """The one error for a file that cannot be extracted. `str(error)` is a plain-English message fit to
-    show the person who uploaded it; `failure` is the stable code."""
+    show the person who uploaded it; `failure` is the stable code. Both are in `args`, so the error survives
+    Celery's serialization."""
 
     def __init__(self, failure: ExtractionFailure, message: str) -> None:
-        super().__init__(message)
-        self.failure = failure
+        super().__init__(failure, message)
+        self.failure = ExtractionFailure(failure)
         self.message = message
+
+    def __str__(self) -> str:
+        return self.message
 
 
 class BlockWriter:

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from apps.knowledge.chunking import CHARS_PER_TOKEN, text_chunk
+from apps.knowledge.chunking import CHUNK_MAX_TOKENS, text_chunk, token_estimate
 from apps.knowledge.extraction import document_extract
 from tests.knowledge.documents import pdf_build, pdf_text
 
@@ -24,7 +24,7 @@ def _assert_exact_and_complete(extraction, chunks, max_tokens):
         assert chunk.index == index
         assert extraction.text[chunk.start : chunk.end] == chunk.text
         assert chunk.text == chunk.text.strip() and chunk.text
-        assert len(chunk.text) <= max_tokens * CHARS_PER_TOKEN
+        assert token_estimate(chunk.text) <= max_tokens
         covered.update(range(chunk.start, chunk.end))
     assert all(i in covered for i, char in enumerate(extraction.text) if not char.isspace())
 
@@ -35,7 +35,7 @@ def test_sections_follow_headings_with_their_path():
         "## Customs\n\nDeclare goods.\n"
     )
     chunks = text_chunk(extraction=extraction)
-    _assert_exact_and_complete(extraction, chunks, 250)
+    _assert_exact_and_complete(extraction, chunks, CHUNK_MAX_TOKENS)
     assert [(chunk.text, chunk.heading_path, chunk.page) for chunk in chunks] == [
         ("Port guide\n\nWelcome aboard.", ["Port guide"], None),
         ("Berths\n\nBook early.", ["Port guide", "Berths"], None),
@@ -62,8 +62,8 @@ def test_long_sections_split_at_paragraphs_then_sentences_with_overlap():
     _assert_exact_and_complete(extraction, chunks, max_tokens)
     assert len(chunks) > 3 and all(chunk.heading_path == ["Berths"] for chunk in chunks)
     for previous, chunk in itertools.pairwise(chunks):
-        shared = previous.end - chunk.start
-        assert 0 < shared <= overlap * CHARS_PER_TOKEN  # they overlap, by no more than asked
+        assert chunk.start < previous.end  # they overlap...
+        assert token_estimate(extraction.text[chunk.start : previous.end]) <= overlap  # ...by no more than asked
         assert extraction.text[chunk.start - 1].isspace()  # and the next one starts on a word
     assert all(chunk.text.endswith(".") for chunk in chunks)  # sentences are never cut where a sentence end fits
 
@@ -79,7 +79,7 @@ def test_an_enormous_word_is_cut_hard():
     extraction = document_extract(data=("x" * 2000).encode(), filename="a.txt")
     chunks = text_chunk(extraction=extraction, max_tokens=100, overlap=0)
     _assert_exact_and_complete(extraction, chunks, 100)
-    assert [len(chunk.text) for chunk in chunks] == [300] * 6 + [200]
+    assert [len(chunk.text) for chunk in chunks] == [400] * 5  # cut by characters, packed back to 100 tokens
 
 
 def test_pdf_chunks_record_their_page_and_never_span_two():
@@ -102,7 +102,7 @@ def test_pdf_chunks_record_their_page_and_never_span_two():
 def test_real_readme_chunks_map_back_and_fit():
     extraction = _markdown(importlib.metadata.metadata("celery").get_payload())
     chunks = text_chunk(extraction=extraction)
-    _assert_exact_and_complete(extraction, chunks, 250)
+    _assert_exact_and_complete(extraction, chunks, CHUNK_MAX_TOKENS)
     headings = {heading.title for heading in extraction.headings}
     assert all(set(chunk.heading_path) <= headings for chunk in chunks)
     assert sum(1 for chunk in chunks if chunk.heading_path) > len(chunks) / 2

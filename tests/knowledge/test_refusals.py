@@ -180,3 +180,10 @@ def test_the_default_upload_limit_is_50_mb():
 
 def test_extension_case_does_not_matter():
     assert document_format_detect(data=pdf_build([pdf_page()]), filename="SCAN.PDF") == "pdf"
+
+
+def test_the_error_survives_a_round_trip_through_its_args():
+    """Celery rebuilds a task's exception as type(error)(*error.args)."""
+    error = _refusal(b"", "notes.txt")
+    rebuilt = type(error)(*error.args)
+    assert (rebuilt.failure, str(rebuilt)) == (F.EMPTY, "“notes.txt” is empty.")

@@ -19,6 +19,7 @@ Block elements (p, li, h1-h6, td, ...) end a block; `<pre>` keeps its whitespace
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, replace
 
@@ -48,6 +49,7 @@ BLOCK_TAGS = frozenset(
     }
 )
 HEADING_LEVELS = {f"h{level}": level for level in range(1, 7)}
+_WHITESPACE = re.compile(r"\s+")
 MIN_FONT_PX = 3.0
 OFF_SCREEN_PX = -1000.0
 DEFAULT_FONT_PX = 16.0
@@ -142,7 +144,7 @@ class _Reader:
         if not text:
             return
         if not preformatted:
-            text = re.sub(r"\s+", " ", text)
+            text = _WHITESPACE.sub(" ", text)
         self.writer.text(text, hidden=_text_hiding(style))
 
     def _attributes_audit(self, element, tag: str) -> None:
@@ -210,6 +212,7 @@ def _inherit(parent: _Inherited, declared: dict[str, Declared]) -> _Inherited:
     return style
 
 
+@functools.lru_cache(maxsize=256)  # a page has few distinct styles and many text nodes
 def _text_hiding(style: _Inherited) -> tuple[HiddenReason, str] | None:
     if style.invisible:
         return HiddenReason.VISIBILITY_HIDDEN, style.invisible
