@@ -17,9 +17,11 @@ Pure: no database, no network, no settings beyond `KNOWLEDGE_MAX_UPLOAD_MB`. Eve
 2. Reading, per format (`apps/knowledge/readers/`): visible text as blocks, hidden passages with their reason.
 3. Cleaning, per block, the same for every format: `apps.core.unicode.unicode_clean` removes invisible
    characters (tag-character messages are decoded, logged and kept; the selectors and joiners inside ordinary
-   emoji are removed without a finding), then base64 runs of 24+ characters are
-   decoded and a run that decodes to readable text is removed as `ENCODED_TEXT`. Runs that decode to bytes
-   (hashes, keys, images, identifiers that happen to be long) stay: they are no instruction.
+   emoji are removed without a finding), then base64 runs of 24+ characters are decoded and a run that
+   decodes to readable text (three or more words, mostly letters) is removed as `ENCODED_TEXT`, whether or
+   not it reads as an instruction: prose nobody can read is no knowledge. Runs that decode to bytes (hashes,
+   keys, images, identifiers that happen to be long) or to a token (JSON) stay. A tutorial that shows an
+   encoded sentence in a code block loses it: the price of not guessing what counts as an instruction.
 4. Layout: blocks joined by a blank line ("\\n\\n" appears nowhere else outside preformatted blocks, so
    the chunker can split on it), spaces collapsed per line, offsets of headings and pages recorded.
 

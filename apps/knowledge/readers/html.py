@@ -3,7 +3,8 @@
 lxml parses the page (libxml2's HTML parser: it recovers from any markup, and never fetches anything), the
 page's own stylesheet is applied (`readers/css.py`), and one walk over `<body>` emits text in document order.
 What is left out, each with its `HiddenReason`:
-- `script`, `style`, `template`, `noscript` and `iframe` anywhere, and comments;
+- `script`, `style`, `template`, `noscript` and `iframe`, and comments, anywhere (recorded first, each once,
+  even inside an element hidden another way);
 - elements with the `hidden` attribute or `aria-hidden="true"`;
 - `display: none`, `opacity: 0`, and off-screen positioning (absolute or fixed at -1000px or further, or a
   text-indent that far), which hide an element and everything in it;
@@ -99,8 +100,13 @@ def html_read(text: str) -> Reading:
     reader = _Reader(css_cascade(root))
     for element in root.iter(*NON_RENDERED):
         reader.writer.passage(element.text_content(), reason=HiddenReason.NON_RENDERED, detail=f"<{element.tag}>")
+    for comment in root.iter(etree.Comment):
+        reader.writer.passage(comment.text or "", reason=HiddenReason.COMMENT)
     body = root.find("body")
-    reader.walk(body if body is not None else root, _Inherited(), preformatted=False)
+    if body is None:
+        reader.walk(root, _Inherited(), preformatted=False)
+    else:  # <html> is not walked (its <head> shows nothing), but its colours and font reach the body
+        reader.walk(body, _inherit(_Inherited(), reader.cascade.get(root, {})), preformatted=False)
     return reader.writer.reading()
 
 
@@ -110,18 +116,16 @@ class _Reader:
         self.writer = BlockWriter()
 
     def walk(self, element, inherited: _Inherited, *, preformatted: bool) -> None:
-        if not isinstance(element.tag, str):  # comments and processing instructions
-            if isinstance(element, etree._Comment):
-                self.writer.passage(element.text or "", reason=HiddenReason.COMMENT)
-            return
+        if not isinstance(element.tag, str):
+            return  # a comment or processing instruction: recorded up front with the non-rendered elements
         tag = element.tag.lower()
         if tag in NON_RENDERED:
-            return  # recorded once, up front, wherever it sits
+            return
         declared = self.cascade.get(element, {})
         hiding = _element_hiding(element, declared)
         if hiding is not None:
             reason, detail = hiding
-            self.writer.passage(element.text_content(), reason=reason, detail=detail)
+            self.writer.passage(_rendered_text(element), reason=reason, detail=detail)
             return
         self._attributes_audit(element, tag)
         style = _inherit(inherited, declared)
@@ -152,6 +156,16 @@ class _Reader:
             value = element.get(name)
             if value and ATTRIBUTE_INSTRUCTION.search(value):
                 self.writer.passage(value, reason=HiddenReason.ATTRIBUTE_INSTRUCTION, detail=f"{name} of <{tag}>")
+
+
+def _rendered_text(element) -> str:
+    """An element's text without its comments and non-rendered elements (each of those is a passage already)."""
+    parts = [element.text or ""]
+    for child in element:
+        if isinstance(child.tag, str) and child.tag.lower() not in NON_RENDERED:
+            parts.append(_rendered_text(child))
+        parts.append(child.tail or "")
+    return "".join(parts)
 
 
 def _element_hiding(element, declared: dict[str, Declared]) -> tuple[HiddenReason, str] | None:
