@@ -69,6 +69,12 @@ def test_html_white_on_dark_is_visible():
     assert [passage.detail for passage in extraction.hidden] == ["<style>"]
 
 
+def test_html_legacy_page_colours_are_applied():
+    page = b'<html><body bgcolor="#000000" text="#ffffff"><p>Old school white on black.</p></body></html>'
+    extraction = document_extract(data=page, filename="a.html")
+    assert (extraction.text, extraction.hidden) == ("Old school white on black.", [])
+
+
 def test_html_default_black_text_on_a_near_black_page_is_hidden():
     head = "<style>body { background: #111 }</style>"
     extraction = document_extract(data=html_page("<p>Dark on dark.</p>", head=head), filename="a.html")

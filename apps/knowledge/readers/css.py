@@ -3,7 +3,7 @@
 A hidden-text filter that reads only inline `style` attributes misses `<style>.note{display:none}</style>`,
 so the HTML reader asks this cascade instead. It is a small one, enough for hiding rules:
 - sources: every `<style>` element in document order (`@media` blocks included unless print-only,
-  `@supports` included), presentational attributes (`<font color>`, `bgcolor`) below every rule, and the
+  `@supports` included), presentational attributes (`<font color>`, `<body text>`, `bgcolor`) below every rule, and the
   `style` attribute above every rule;
 - order: `!important` first, then the style attribute, then selector specificity, then the later rule;
 - selectors: cssselect translates each one to XPath, evaluated with lxml. Selectors it cannot translate
@@ -73,9 +73,9 @@ def css_cascade(root: html.HtmlElement) -> Cascade:
                 value = [token for token in declaration.value if token.type not in ("whitespace", "comment")]
                 props[declaration.lower_name] = (key, Declared(value, source))
 
-    for element in root.iter("font"):
-        if element.get("color"):
-            declare(element, _declarations(f"color: {element.get('color')}"), **_PRESENTATIONAL)
+    for element in root.xpath("//font[@color] | //body[@text]"):
+        color = element.get("color") or element.get("text")
+        declare(element, _declarations(f"color: {color}"), **_PRESENTATIONAL)
     for element in root.xpath("//*[@bgcolor]"):
         declare(element, _declarations(f"background-color: {element.get('bgcolor')}"), **_PRESENTATIONAL)
 
