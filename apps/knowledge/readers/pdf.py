@@ -18,8 +18,10 @@ opaque shape drawn earlier under its centre, or white paper, so white text on a 
 an earlier image the background is unknown and colour is not judged. Colours in DeviceGray, DeviceRGB,
 DeviceCMYK (and their Cal/ICC equivalents by component count) are judged; patterns and spot colours are not.
 
-Known gap: text clipped away by a clipping path is kept. Scanned PDFs made searchable by OCR put an invisible
-(mode 3) text layer over the page image; those pages come out hidden, as the rule says.
+Known gaps: text clipped away by a clipping path is kept; pdfminer inflates compressed streams without a size
+limit, so a deflate bomb inside a PDF costs memory until the worker's own limit (the upload limit bounds the
+file, not what it inflates to). Scanned PDFs made searchable by OCR put an invisible (mode 3) text layer over
+the page image; those pages come out hidden, as the rule says.
 """
 
 from __future__ import annotations
@@ -206,7 +208,7 @@ def pdf_read(data: bytes) -> Reading:
                         elif isinstance(item, LTAnno):
                             writer.text(item.get_text(), page=number)
                 writer.block_end(page=number)
-    except Exception as error:
+    except Exception as error:  # a malformed content stream, font or image, anywhere in the file: as above
         raise ExtractionError(ExtractionFailure.CORRUPT, "This PDF is damaged and cannot be read.") from error
     if not pages:
         raise ExtractionError(ExtractionFailure.EMPTY, "This PDF has no pages.")
