@@ -115,6 +115,9 @@ ATELIER_ANONYMOUS_MESSAGES_PER_HOUR = env.int("ATELIER_ANONYMOUS_MESSAGES_PER_HO
 # An answer that saved nothing for this long lost its worker; it is marked failed and can be retried.
 CHAT_ANSWER_ABANDONED_AFTER_SECONDS = env.int("CHAT_ANSWER_ABANDONED_AFTER_SECONDS", default=150)
 
+# --- Knowledge -----------------------------------------------------------------------------------
+KNOWLEDGE_MAX_UPLOAD_MB = env.int("KNOWLEDGE_MAX_UPLOAD_MB", default=50)
+
 # --- Accounts ------------------------------------------------------------------------------------
 AUTH_USER_MODEL = "accounts.User"
 LOGIN_URL = "login"
