@@ -72,6 +72,18 @@ class AssistantVersion(models.Model):
     max_tokens = models.PositiveIntegerField(default=512)
     repetition_penalty = models.FloatField(default=1.1)
     knowledge_collections = models.ManyToManyField("knowledge.Collection", blank=True, related_name="+")
+    # --- knowledge retrieval (apps/knowledge/retrieval.py) ---
+    knowledge_top_k = models.PositiveSmallIntegerField(default=4, help_text="Passages retrieved per answer.")
+    knowledge_min_score = models.FloatField(
+        default=0.0, help_text="Leave out passages whose fused score (reciprocal rank fusion) is below this."
+    )
+    knowledge_share_documents = models.BooleanField(
+        default=False, help_text="Visitors may read whole cited documents, not only the cited passages."
+    )
+    canary = models.CharField(
+        max_length=64, blank=True, help_text="A secret string in the instructions; an answer that leaks it is withheld."
+    )
+    # --- end knowledge retrieval ---
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
     created_at = models.DateTimeField(auto_now_add=True)
 
@@ -90,6 +102,13 @@ class AssistantVersion(models.Model):
             models.CheckConstraint(
                 condition=Q(repetition_penalty__gte=1) & Q(repetition_penalty__lte=2),
                 name="assistantversion_repetition_penalty_1_2",
+            ),
+            models.CheckConstraint(
+                condition=Q(knowledge_top_k__gte=1) & Q(knowledge_top_k__lte=20), name="assistantversion_top_k_1_20"
+            ),
+            models.CheckConstraint(
+                condition=Q(knowledge_min_score__gte=0) & Q(knowledge_min_score__lte=1),
+                name="assistantversion_min_score_0_1",
             ),
         ]
 

@@ -22,6 +22,8 @@ READ_TIMEOUT = 120.0  # a long queue wait before the first token is still normal
 HEALTH_TIMEOUT = 1.0  # the status page probes several services and must answer quickly
 CHAT_PATH = "/v1/chat/completions"
 TOKENIZE_BATCH = 256  # conversations per /tokenize call (the engine's limit)
+EMBEDDING_MODEL = "all-minilm-l6-v2"
+EMBEDDING_BATCH = 256  # inputs per /v1/embeddings call (the engine's limit)
 
 
 class InferenceError(Exception):
@@ -139,6 +141,15 @@ def inference_token_counts(*, model: str, conversations: list[list[dict]]) -> di
         counts += answer["counts"]
         window = answer["max_model_len"]
     return {"counts": counts, "max_model_len": window}
+
+
+def inference_embed(*, texts: list[str], model: str = EMBEDDING_MODEL) -> list[list[float]]:
+    """Each text's normalized embedding, in order, in as few calls as the engine's batch limit allows."""
+    vectors: list[list[float]] = []
+    for start in range(0, len(texts), EMBEDDING_BATCH):
+        answer = _post("/v1/embeddings", {"model": model, "input": texts[start : start + EMBEDDING_BATCH]})
+        vectors += [item["embedding"] for item in sorted(answer["data"], key=lambda item: item["index"])]
+    return vectors
 
 
 def inference_complete(*, body: dict) -> dict:

@@ -102,6 +102,7 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # Periodic tasks, sent by one `celery beat` process (make run starts it; compose has a `beat` service).
 CELERY_BEAT_SCHEDULE = {
     "chat-replies-fail-abandoned": {"task": "chat.replies_fail_abandoned", "schedule": 30.0},
+    "knowledge-versions-fail-stale": {"task": "knowledge.versions_fail_stale", "schedule": 60.0},
 }
 
 # --- Inference engine (a separate process; see inference/) ---------------------------------------
@@ -117,6 +118,8 @@ CHAT_ANSWER_ABANDONED_AFTER_SECONDS = env.int("CHAT_ANSWER_ABANDONED_AFTER_SECON
 
 # --- Knowledge -----------------------------------------------------------------------------------
 KNOWLEDGE_MAX_UPLOAD_MB = env.int("KNOWLEDGE_MAX_UPLOAD_MB", default=50)
+# An ingestion whose worker saved no progress for this long lost its worker; it is marked failed, retryable.
+KNOWLEDGE_INGEST_STALE_SECONDS = env.int("KNOWLEDGE_INGEST_STALE_SECONDS", default=300)
 
 # --- Accounts ------------------------------------------------------------------------------------
 AUTH_USER_MODEL = "accounts.User"
