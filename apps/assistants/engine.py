@@ -5,9 +5,15 @@ all call `engine_request_build`, so the same version always sends the same instr
 settings and model (its adapter, else its base model), within the same context budget.
 
 The context window is the model's RAM. It holds, in order: the rendered instructions, retrieved
-knowledge (the knowledge slot, 0 tokens until collections are retrieved from), as much recent history
-as fits, and room for the answer. The oldest turns are dropped first and the request reports how many,
-so chat can show it and the API can send it in a header.
+knowledge, as much recent history as fits, and room for the answer. The oldest turns are dropped first
+and the request reports how many, so chat can show it and the API can send it in a header.
+
+Knowledge: a version with collections retrieves passages for the conversation (apps/knowledge/retrieval.py)
+and sends them as a delimited, datamarked data block after the instructions (apps/knowledge/prompting.py),
+in at most KNOWLEDGE_SHARE of what the instructions and the answer leave. The passages are chosen before
+the count (by estimate, against the model's window remembered from its last count), then counted exactly
+in the same batched call; the report says their tokens (`knowledge`) and how many were sent
+(`chunks_included`), and the request carries them as `sources` for the answer's citations.
 
 Counts come from the model's own tokenizer and chat template (the engine's /tokenize). For a ChatML
 template every turn is formatted on its own, so a turn's cost is the difference it makes to the
@@ -20,15 +26,18 @@ second call is needed; when turns are dropped the kept prompt is counted once mo
 import hashlib
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from django.core.cache import cache
 from django.utils import timezone
 
 from apps.core.inference_client import inference_token_counts
+from apps.knowledge.prompting import knowledge_block_build
+from apps.knowledge.retrieval import knowledge_retrieve
 
 DEFAULT_INSTRUCTIONS = "You are a helpful assistant."
 INSTRUCTIONS_COUNT_TTL = 24 * 3600
+KNOWLEDGE_SHARE = 0.5  # of the window left after the instructions and the answer's room
 
 
 class ContextTooSmall(Exception):
@@ -40,6 +49,7 @@ class EngineRequest:
     body: dict  # the engine's /v1/chat/completions body (the client adds `stream`)
     report: dict  # the context budget: window, system, knowledge, history, reserved, prompt, turns_*
     token_counts: list[int]  # each given message's own cost in tokens, in order, for the caller to keep
+    sources: list[dict] = field(default_factory=list)  # the knowledge passages sent, numbered as cited
 
     @property
     def turns_dropped(self) -> int:
@@ -90,44 +100,58 @@ def engine_request_build(
     system = {"role": "system", "content": instructions_render(text=version.instructions, user_name=user_name)}
     turns = [{"role": m["role"], "content": m["content"]} for m in messages]
     counts = list(token_counts) + [None] * (len(turns) - len(token_counts))
-
-    # One call for everything unknown: the instructions (unless cached), the uncounted turns, the whole prompt.
     cache_key = _instructions_cache_key(tokenizer_model, system["content"])
     system_tokens = cache.get(cache_key)
-    batch = [[system, *turns]]
+    # --- knowledge: retrieved passages as a data block after the instructions ---
+    knowledge = None
+    chunks = knowledge_retrieve(version=version, messages=turns)
+    if chunks:
+        window_guess, reserved_guess = cache.get(_window_cache_key(tokenizer_model)), settings["max_tokens"]
+        room = (window_guess or 2048) - min(reserved_guess, (window_guess or 2048) // 2) - (system_tokens or 0)
+        knowledge = knowledge_block_build(chunks=chunks, token_budget=int(max(room, 0) * KNOWLEDGE_SHARE))
+    prefix = [system, knowledge.message] if knowledge else [system]
+    # --- end knowledge ---
+
+    # One call for everything unknown: the instructions (unless cached), the knowledge block, the uncounted
+    # turns, the whole prompt.
+    batch = [[*prefix, *turns]]
     if system_tokens is None:
         batch.append([system])
+    if knowledge:
+        batch.append(prefix)
     unknown = [i for i, count in enumerate(counts) if count is None]
     batch += [[system, turns[i]] for i in unknown]
     answer = inference_token_counts(model=tokenizer_model, conversations=batch)
     window, results = answer["max_model_len"], answer["counts"]
+    cache.set(_window_cache_key(tokenizer_model), window, INSTRUCTIONS_COUNT_TTL)
     full_prompt = results[0]
     if system_tokens is None:
         system_tokens = results[1]
         cache.set(cache_key, system_tokens, INSTRUCTIONS_COUNT_TTL)
+    knowledge_tokens = results[len(batch) - len(unknown) - 1] - system_tokens if knowledge else 0
     for i, count in zip(unknown, results[-len(unknown) :] if unknown else [], strict=True):
         counts[i] = count - system_tokens
 
     reserved = min(settings["max_tokens"], window // 2)
-    knowledge_tokens = 0  # the knowledge slot: retrieved passages, once collections are retrieved from
     budget = window - reserved - system_tokens - knowledge_tokens
     if counts[-1] > budget:
         raise ContextTooSmall(
             f"Your message is {counts[-1]} tokens, but only {max(budget, 0)} fit in this model's {window}-token "
-            f"context window after the instructions ({system_tokens}) and room for the answer ({reserved}). "
+            f"context window after the instructions ({system_tokens}), retrieved knowledge ({knowledge_tokens}) "
+            f"and room for the answer ({reserved}). "
             "Shorten it or split it up."
         )
     first = _first_kept(counts, budget)
     if turns[first]["role"] == "assistant" and first < len(turns) - 1:  # never open the history mid-exchange
         first += 1
-    kept = [system, *turns[first:]]
+    kept = [*prefix, *turns[first:]]
     prompt_tokens = full_prompt
     if first > 0:  # dropped turns: count what is really sent
         prompt_tokens = inference_token_counts(model=tokenizer_model, conversations=[kept])["counts"][0]
-        while prompt_tokens + reserved > window and len(kept) > 2:  # a template that is not additive
-            kept.pop(1)
+        while prompt_tokens + reserved > window and len(kept) > len(prefix) + 1:  # a template that is not additive
+            kept.pop(len(prefix))
             prompt_tokens = inference_token_counts(model=tokenizer_model, conversations=[kept])["counts"][0]
-    included = len(kept) - 1
+    included = len(kept) - len(prefix)
     report = {
         "window": window,
         "system": system_tokens,
@@ -137,9 +161,10 @@ def engine_request_build(
         "prompt": prompt_tokens,
         "turns_included": included,
         "turns_dropped": len(turns) - included,
+        "chunks_included": len(knowledge.sources) if knowledge else 0,
     }
     body = {**settings, "messages": kept, "max_tokens": min(reserved, window - prompt_tokens)}
-    return EngineRequest(body=body, report=report, token_counts=counts)
+    return EngineRequest(body=body, report=report, token_counts=counts, sources=knowledge.sources if knowledge else [])
 
 
 def _first_kept(counts: list[int], budget: int) -> int:
@@ -150,6 +175,10 @@ def _first_kept(counts: list[int], budget: int) -> int:
             return i + 1
         used += counts[i]
     return 0
+
+
+def _window_cache_key(model: str) -> str:
+    return f"atelier:context-window:{model}"
 
 
 def _instructions_cache_key(model: str, text: str) -> str:

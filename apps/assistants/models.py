@@ -123,6 +123,22 @@ class AssistantVersion(models.Model):
         super().save(*args, **kwargs)
 
 
+class CanaryIncident(models.Model):
+    """An answer that wrote its version's canary (instructions leaking): the text was withheld from the
+    person chatting and kept here for the owner, who sees these on the assistant's page and in the admin."""
+
+    version = models.ForeignKey(AssistantVersion, on_delete=models.CASCADE, related_name="canary_incidents")
+    message_id = models.UUIDField(help_text="The withheld answer (chat.Message).")
+    withheld_text = models.TextField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"Canary leaked by {self.version} at {self.created_at:%Y-%m-%d %H:%M}"
+
+
 class AssistantReport(models.Model):
     """A user's report of a public assistant, once per user; admins review them in the admin."""
 

@@ -46,6 +46,10 @@ class AssistantConfig:
     max_tokens: int = 512
     repetition_penalty: float = 1.1
     knowledge_collections: tuple[Collection, ...] = ()
+    knowledge_top_k: int = 4
+    knowledge_min_score: float = 0.0
+    knowledge_share_documents: bool = False
+    canary: str = ""
 
 
 def _validate(config: AssistantConfig, owner: User) -> None:
@@ -82,6 +86,10 @@ def _version_create(*, assistant: Assistant, config: AssistantConfig, actor: Use
         top_p=config.top_p,
         max_tokens=config.max_tokens,
         repetition_penalty=config.repetition_penalty,
+        knowledge_top_k=config.knowledge_top_k,
+        knowledge_min_score=config.knowledge_min_score,
+        knowledge_share_documents=config.knowledge_share_documents,
+        canary=config.canary.strip(),
         created_by=actor,
     )
     version.knowledge_collections.set(config.knowledge_collections)

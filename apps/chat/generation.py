@@ -16,17 +16,20 @@ from django.db import transaction
 from django.utils import timezone
 
 from apps.assistants.engine import ContextTooSmall, EngineRequest, engine_request_build
+from apps.assistants.models import CanaryIncident
 from apps.chat.live import reply_event_publish, reply_events_reset, reply_stop_requested
 from apps.chat.models import Message
 from apps.chat.rendering import answer_done_event
 from apps.chat.selectors import message_ancestors
 from apps.core.inference_client import InferenceError, inference_chat_stream, stream_deltas
+from apps.knowledge.prompting import citations_finalize
 
 log = logging.getLogger(__name__)
 
 FLUSH_SECONDS = 0.25  # how stale the database copy may be while the Redis stream carries every token
 TOP_LOGPROBS = 5
 ABANDONED_ERROR = "The worker stopped while writing this answer. Retry to generate it again."
+CANARY_ERROR = "This answer was withheld: it repeated the assistant's confidential instructions."
 
 
 @dataclass(frozen=True)
@@ -48,14 +51,18 @@ def _claim(message_id: str) -> Message | None:
         if reply is None or reply.finished:
             return None
         reply.status, reply.content, reply.tokens, reply.error = Message.Status.STREAMING, "", [], ""
-        reply.save(update_fields=["status", "content", "tokens", "error", "updated_at"])
+        reply.sources = []
+        reply.save(update_fields=["status", "content", "tokens", "error", "sources", "updated_at"])
     reply_events_reset(message_id=reply.pk)
     return reply
 
 
 def _finish(reply: Message, *, status: str, finish_reason: str = "", error: str = "") -> None:
+    if reply.sources:  # a citation marker naming no retrieved passage is removed
+        reply.content = citations_finalize(text=reply.content, sources=reply.sources)
     reply.status, reply.finish_reason, reply.error = status, finish_reason, error[:500]
-    reply.save(update_fields=["status", "finish_reason", "error", "content", "tokens", "context", "updated_at"])
+    update_fields = ["status", "finish_reason", "error", "content", "tokens", "context", "sources", "updated_at"]
+    reply.save(update_fields=update_fields)
     reply_event_publish(message_id=reply.pk, event="done", data=answer_done_event(reply), final=True)
 
 
@@ -91,12 +98,13 @@ def reply_generate(*, message_id: str) -> ReplyOutcome:
     except (ContextTooSmall, InferenceError) as error:
         _finish(reply, status=Message.Status.ERROR, error=str(error))
         return ReplyOutcome(reply.status)
-    reply.context = request.report
-    reply.save(update_fields=["context", "updated_at"])  # once: the flushes below only add text
+    reply.context, reply.sources = request.report, request.sources
+    reply.save(update_fields=["context", "sources", "updated_at"])  # once: the flushes below only add text
     reply_event_publish(message_id=reply.pk, event="context", data=request.report)
 
     body = {**request.body, "logprobs": True, "top_logprobs": TOP_LOGPROBS}
     status, finish_reason = Message.Status.DONE, ""
+    canary = reply.assistant_version.canary
     last_flush = time.monotonic()
     stream = inference_chat_stream(body=body)
     try:
@@ -104,6 +112,9 @@ def reply_generate(*, message_id: str) -> ReplyOutcome:
             if delta.text or delta.tokens:
                 reply.content += delta.text
                 reply.tokens.extend(delta.tokens)
+                if canary and canary in reply.content:
+                    _canary_withhold(reply)
+                    return ReplyOutcome(reply.status)
                 data = {"text": delta.text, "tokens": delta.tokens}
                 reply_event_publish(message_id=reply.pk, event="token", data=data)
             finish_reason = delta.finish_reason or finish_reason
@@ -126,6 +137,15 @@ def reply_generate(*, message_id: str) -> ReplyOutcome:
     _finish(reply, status=status, finish_reason=finish_reason)
     first_exchange = status == Message.Status.DONE and history[-1].parent_id is None
     return ReplyOutcome(status, str(reply.conversation_id), first_exchange)
+
+
+def _canary_withhold(reply: Message) -> None:
+    """The answer wrote the version's canary: keep the text for the owner, show the person an error. What
+    streamed before the canary was complete was already sent; the final event replaces it."""
+    CanaryIncident.objects.create(version=reply.assistant_version, message_id=reply.pk, withheld_text=reply.content)
+    log.warning("answer %s withheld: it contained the canary of %s", reply.pk, reply.assistant_version)
+    reply.content, reply.tokens = "", []
+    _finish(reply, status=Message.Status.ERROR, finish_reason="canary", error=CANARY_ERROR)
 
 
 def replies_fail_abandoned() -> int:
