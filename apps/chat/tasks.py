@@ -6,7 +6,7 @@ from apps.chat.generation import replies_fail_abandoned, reply_generate
 from apps.chat.titles import conversation_title_generate
 
 
-@shared_task(name="chat.reply_generate", queue="chat")
+@shared_task(name="chat.reply_generate")
 def reply_generate_task(message_id: str) -> str:
     outcome = reply_generate(message_id=message_id)
     if outcome.first_exchange_done:
@@ -14,7 +14,7 @@ def reply_generate_task(message_id: str) -> str:
     return outcome.status
 
 
-@shared_task(name="chat.conversation_title", queue="chat")
+@shared_task(name="chat.conversation_title")
 def conversation_title_task(conversation_id: str, answer_id: str) -> str:
     return conversation_title_generate(conversation_id=conversation_id, answer_id=answer_id)
 

@@ -3,9 +3,9 @@ worker and the API.
 
 Failures become domain errors with messages fit for the person chatting; callers never see an httpx
 exception. Each error keeps the engine's status, `code` and `param`, so the API can relay them.
-Synchronous callers share one connection pool per process (the worker's prompt budgeting makes several
-/tokenize calls per answer); async callers open a client per request, since a pool cannot outlive the
-event loop it was made on.
+Synchronous callers share one connection pool per process (every answer's prompt budget calls
+/tokenize first); async callers open a client per request, since a pool cannot outlive the event loop
+it was made on. `stream_deltas` turns a chat stream into text and logprob deltas for every caller.
 """
 
 import functools

@@ -99,6 +99,11 @@ CELERY_RESULT_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_RESULT_EXPIRES = 24 * 3600
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# Answers and titles stream on the `chat` queue (a threaded worker); everything else defaults to `default`.
+CELERY_TASK_ROUTES = {
+    "chat.reply_generate": {"queue": "chat"},
+    "chat.conversation_title": {"queue": "chat"},
+}
 # Periodic tasks, sent by one `celery beat` process (make run starts it; compose has a `beat` service).
 CELERY_BEAT_SCHEDULE = {
     "chat-replies-fail-abandoned": {"task": "chat.replies_fail_abandoned", "schedule": 30.0},
