@@ -10,7 +10,6 @@ from apps.registry.selectors import base_model_list
 
 # Areas whose issues have not landed yet: the navigation shows them, the page says so honestly.
 AREAS = {
-    "knowledge": ("Knowledge", "member", "Upload documents your assistants retrieve from."),
     "finetunes": ("Fine-tunes", "member", "Train LoRA adapters on your preference data."),
     "arena": ("Arena", "member", "Compare assistants blind and rank them by Elo."),
     "labeling": ("Labeling", "labeler", "Rank candidate outputs; rankings become preference data."),

@@ -80,6 +80,14 @@ def collection_delete(*, collection: Collection) -> None:
 # --- uploads -------------------------------------------------------------------------------------------
 
 
+def upload_size_refuse(*, filename: str, size: int) -> None:
+    """Refuse a file over the size limit from its declared size, before it is read into memory."""
+    try:
+        upload_size_check(size=size)
+    except ExtractionError as error:
+        raise KnowledgeError(f"“{filename}”: {error}") from error
+
+
 def document_upload(*, collection: Collection, filename: str, data: bytes) -> DocumentVersion:
     """Store an uploaded file and queue its ingestion. A new name makes a new document; changed bytes under a
     known name make a new version of it. Raises KnowledgeError for a file over the size limit, of a type

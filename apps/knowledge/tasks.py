@@ -5,7 +5,7 @@ from celery import shared_task
 from apps.knowledge.services import document_ingest, versions_fail_stale
 
 
-@shared_task(name="knowledge.document_ingest", queue="ingest")
+@shared_task(name="knowledge.document_ingest")  # on the `ingest` queue (CELERY_TASK_ROUTES)
 def document_ingest_task(version_id: int) -> str:
     return document_ingest(version_id=version_id)
 

@@ -103,6 +103,7 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TASK_ROUTES = {
     "chat.reply_generate": {"queue": "chat"},
     "chat.conversation_title": {"queue": "chat"},
+    "knowledge.document_ingest": {"queue": "ingest"},  # one task per document version (apps/knowledge/services.py)
 }
 # Periodic tasks, sent by one `celery beat` process (make run starts it; compose has a `beat` service).
 CELERY_BEAT_SCHEDULE = {

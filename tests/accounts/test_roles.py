@@ -25,7 +25,7 @@ def _client_as(client, role: Role | None):
 def test_area_access_by_role(client, role, labeling, admin, assistants):
     client = _client_as(client, role)
     assert client.get(reverse("area", args=["labeling"])).status_code == labeling
-    assert client.get(reverse("area", args=["knowledge"])).status_code == assistants
+    assert client.get(reverse("knowledge:collections")).status_code == assistants
     assert client.get(reverse("assistants:list")).status_code == assistants
     response = client.get(reverse("admin:index"))
     assert response.status_code == admin
