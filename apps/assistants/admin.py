@@ -1,6 +1,6 @@
 from django.contrib import admin, messages
 
-from apps.assistants.models import Assistant, AssistantReport, AssistantVersion
+from apps.assistants.models import Assistant, AssistantReport, AssistantVersion, CanaryIncident
 from apps.assistants.services import assistant_reports_resolve, assistant_set_unlisted, assistant_visibility_set
 
 VERSION_FIELDS = (
@@ -16,6 +16,10 @@ VERSION_FIELDS = (
     "max_tokens",
     "repetition_penalty",
     "knowledge_collections",
+    "knowledge_top_k",
+    "knowledge_min_score",
+    "knowledge_share_documents",
+    "canary",
     "created_by",
     "created_at",
 )
@@ -114,3 +118,12 @@ class AssistantReportAdmin(admin.ModelAdmin):
         assistants = Assistant.objects.filter(pk__in=queryset.values("assistant_id"))
         count = _set_unlisted(assistants, unlisted=True)
         self.message_user(request, f"Unlisted {count} assistant(s).", messages.SUCCESS)
+
+
+@admin.register(CanaryIncident)
+class CanaryIncidentAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+    """Answers withheld because they wrote their version's canary (apps/chat/generation.py)."""
+
+    list_display = ("version", "message_id", "created_at")
+    fields = ("version", "message_id", "withheld_text", "created_at")
+    readonly_fields = fields

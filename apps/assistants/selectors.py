@@ -5,7 +5,7 @@ import hmac
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 
-from apps.assistants.models import Assistant, Visibility
+from apps.assistants.models import Assistant, CanaryIncident, Visibility
 from apps.registry.models import BaseModel
 from apps.registry.selectors import base_model_get_ready
 
@@ -67,3 +67,8 @@ def chat_model_choices() -> QuerySet[BaseModel]:
 
 def chat_model_default() -> BaseModel | None:
     return base_model_get_ready(kind=BaseModel.Kind.CHAT)
+
+
+def canary_incident_list(*, assistant: Assistant, limit: int = 20) -> QuerySet[CanaryIncident]:
+    """The newest answers withheld for writing the canary, for the owner's edit page."""
+    return CanaryIncident.objects.filter(version__assistant=assistant).select_related("version")[:limit]

@@ -23,6 +23,7 @@ from apps.assistants.models import Assistant
 from apps.assistants.selectors import (
     assistant_list_owned,
     can_chat,
+    canary_incident_list,
     gallery_list,
     share_link_valid,
 )
@@ -112,6 +113,7 @@ def assistant_edit(request, slug: str):
         "share_active": share_link_valid(assistant=assistant, token=assistant.share_token or ""),
         "versions": assistant.versions.select_related("base_model")[:VERSION_HISTORY_SHOWN],
         "chat_url": reverse("chat:start", args=[assistant.slug]),
+        "canary_incidents": canary_incident_list(assistant=assistant),
         "nav_active": "assistants",
     }
     return render(request, "assistants/form.html", context)

@@ -17,6 +17,13 @@
 Permission is in the SQL of both rankings: only chunks of a document's *current* (ready) version, in the
 collections attached to this assistant version, owned by the assistant's owner. Nothing is filtered after
 the fact, so another person's passage can never reach a prompt, however well it matches.
+
+The HNSW index and the permission filter: pgvector 0.6 (the embedded server's) filters an index scan's
+results after the scan, so when the planner uses the index, a small collection among many other people's
+chunks can come back short or empty (the scan's ef_search nearest are mostly not readable). The vector
+ranking therefore asks with a wider ef_search (HNSW_EF_SEARCH), and when it still returns fewer rows than
+the readable set holds (up to CANDIDATES), asks again with index scans off: an exact scan of the readable
+chunks only, which the version and collection filters keep small. Correct first, fast when the index suffices.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ import re
 from dataclasses import dataclass
 
 from django.contrib.postgres.search import SearchQuery, SearchRank
+from django.db import connection, transaction
 from django.db.models import F, QuerySet
 from pgvector.django import CosineDistance
 
@@ -33,6 +41,7 @@ from apps.knowledge.models import SEARCH_CONFIG, Chunk, DocumentVersion
 
 RRF_K = 60
 CANDIDATES = 20
+HNSW_EF_SEARCH = 200
 AMBIGUOUS_MAX_WORDS = 4
 QUERY_MAX_CHARS = 2000
 _POINTING_BACK = re.compile(
@@ -89,12 +98,7 @@ def chunks_search(
     readable = readable_chunks(collection_ids=collection_ids, owner_id=owner_id)
     if not readable.exists():
         return []
-    embedding = inference_embed(texts=[query])[0]
-    by_vector = list(
-        readable.annotate(distance=CosineDistance("embedding", embedding))
-        .order_by("distance", "pk")
-        .values_list("pk", flat=True)[:CANDIDATES]
-    )
+    by_vector = _vector_ranking(readable, inference_embed(texts=[query])[0])
     by_text: list[int] = []
     words = _WORD.findall(query)
     if words:
@@ -131,6 +135,24 @@ def chunks_search(
         )
         for pk in chosen
     ]
+
+
+def _vector_ranking(readable: QuerySet[Chunk], embedding: list[float]) -> list[int]:
+    """The readable chunks nearest `embedding`, CANDIDATES at most (the module docstring on the index)."""
+    nearest = (
+        readable.annotate(distance=CosineDistance("embedding", embedding))
+        .order_by("distance", "pk")
+        .values_list("pk", flat=True)[:CANDIDATES]
+    )
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(f"SET LOCAL hnsw.ef_search = {HNSW_EF_SEARCH}")
+        ids = list(nearest)
+    if len(ids) < CANDIDATES and len(ids) < readable[:CANDIDATES].count():
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute("SET LOCAL enable_indexscan = off")
+            cursor.execute("SET LOCAL enable_seqscan = on")
+            ids = list(nearest)
+    return ids
 
 
 def knowledge_retrieve(*, version, messages: list[dict]) -> list[RetrievedChunk]:

@@ -2,7 +2,7 @@
 
 from celery import shared_task
 
-from apps.knowledge.services import document_ingest, versions_fail_stale
+from apps.knowledge.ingestion import document_ingest, versions_fail_stale
 
 
 @shared_task(name="knowledge.document_ingest")  # on the `ingest` queue (CELERY_TASK_ROUTES)

@@ -1,7 +1,8 @@
 """Knowledge objects made through the services, as a person would make them, and ingested in this process."""
 
+from apps.knowledge.ingestion import document_ingest
 from apps.knowledge.models import Collection, DocumentVersion
-from apps.knowledge.services import collection_create, document_ingest, document_upload
+from apps.knowledge.services import collection_create, document_upload
 
 
 def make_collection(owner, name: str = "Manuals") -> Collection:

@@ -5,17 +5,16 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
+from apps.knowledge.ingestion import document_ingest, versions_fail_stale
 from apps.knowledge.models import Chunk, Document, DocumentVersion
 from apps.knowledge.retrieval import chunks_search
 from apps.knowledge.services import (
     KnowledgeError,
     document_cancel,
     document_delete,
-    document_ingest,
     document_reingest,
     document_retry,
     document_upload,
-    versions_fail_stale,
 )
 from tests.factories import make_user
 from tests.knowledge.documents import pdf_build, pdf_text
@@ -181,3 +180,39 @@ def test_a_pdf_records_pages_and_chunks_know_their_page(inference_server):
     version = ingested(make_collection(make_user("ada")), "manual.pdf", pdf_build(pages))
     assert version.status == Status.READY and version.pages_parsed == 2
     assert {chunk.page for chunk in version.chunks.all()} <= {1, 2}
+
+
+def test_a_small_collection_among_many_nearer_chunks_still_finds_its_own(inference_server):
+    from django.db import connection
+
+    other = ingested(make_collection(make_user("bob")), "kettles.md", KETTLE.replace("three", "four"))
+    template = other.chunks.first()
+    Chunk.objects.bulk_create(  # many of Bob's chunks, each as near the query as his real one
+        Chunk(version=other, index=1000 + i, text=template.text, start=0, end=1, embedding=template.embedding)
+        for i in range(400)
+    )
+    collection = make_collection(make_user("ada"))
+    ingested(collection, "kettle.md", KETTLE)
+    with connection.cursor() as cursor:
+        cursor.execute("SET LOCAL enable_seqscan = off")  # the planner's choice on a big table: the HNSW index
+    results = _search(collection, "How long does the kettle take to boil?")
+    assert results and {r.document for r in results} == {"kettle.md"}
+    assert results[0].vector_rank == 1
+
+
+def test_fused_scores_follow_reciprocal_rank_fusion(inference_server):
+    from apps.knowledge.retrieval import RRF_K
+
+    collection = make_collection(make_user("ada"))
+    ingested(collection, "kettle.md", KETTLE)
+    ingested(collection, "lamp.md", LAMP)
+    results = _search(collection, "lamp bulb brightness kettle", top_k=10)
+    assert len(results) >= 2
+    for r in results:
+        ranks = [rank for rank in (r.vector_rank, r.text_rank) if rank is not None]
+        assert r.score == round(sum(1 / (RRF_K + rank) for rank in ranks) / (2 / (RRF_K + 1)), 4)
+    assert [r.score for r in results] == sorted((r.score for r in results), reverse=True)
+    strict = chunks_search(
+        collection_ids=[collection.pk], owner_id=collection.owner_id, query="lamp", top_k=10, min_score=0.99
+    )
+    assert all(r.score >= 0.99 for r in strict) and len(strict) <= len(results)

@@ -94,7 +94,7 @@ def test_the_owner_creates_uploads_follows_progress_and_searches(inference_serve
     progress = json.loads(client.get(reverse("knowledge:progress", args=[collection.pk])).content)
     assert [(v["id"], v["status"]) for v in progress["versions"]] == [(version.pk, "queued")]
 
-    from apps.knowledge.services import document_ingest
+    from apps.knowledge.ingestion import document_ingest
 
     document_ingest(version_id=version.pk)
     progress = json.loads(client.get(reverse("knowledge:progress", args=[collection.pk])).content)["versions"][0]
