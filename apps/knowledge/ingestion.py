@@ -10,7 +10,9 @@ fails alone: its version stores the failure code and the message, nothing else i
 A worker killed mid-ingestion leaves the version `processing` with a stale heartbeat; beat's
 `versions_fail_stale` marks it failed and retryable. A redelivered task (acks_late) takes over a processing
 version only once its heartbeat is stale, so a duplicate delivery never runs beside a live one, and it starts
-again from the bytes.
+again from the bytes. A slow worker that beat wrongly took for dead finds out at its next batch: each batch is
+written under the version's row lock after checking that its attempt still owns the version, so it stops
+instead of writing into a retry's chunks.
 """
 
 from __future__ import annotations
@@ -41,6 +43,10 @@ class _Cancelled(Exception):
     pass
 
 
+class _Superseded(Exception):
+    """Another attempt owns the version now (beat failed this one as silent, and it was retried)."""
+
+
 def document_ingest(*, version_id: int) -> str:
     """Ingest one version (the `ingest` task's body); returns the status it ended in, or "skipped"."""
     version = _claim(version_id)
@@ -55,6 +61,9 @@ def document_ingest(*, version_id: int) -> str:
     except _Cancelled:
         Chunk.objects.filter(version=version).delete()
         _set(version, status=Status.CANCELLED, chunks_total=0, chunks_embedded=0)
+    except _Superseded:
+        log.warning("document version %s: attempt %s was superseded; it stops", version.pk, version.attempts)
+        return "superseded"
     except Exception:
         log.exception("ingesting document version %s failed", version.pk)
         _fail(version, failure="internal", error="An internal error stopped the ingestion. Retry it.")
@@ -105,25 +114,42 @@ def _ingest(version: DocumentVersion) -> None:
     chunks = text_chunk(extraction=extraction)
     _set(version, chunks_total=len(chunks))
     for start in range(0, len(chunks), EMBED_BATCH):
-        if DocumentVersion.objects.filter(pk=version.pk, cancel_requested=True).exists():
-            raise _Cancelled
+        with transaction.atomic():
+            _own(version)  # cancelled or superseded: stop before the engine call
         batch = chunks[start : start + EMBED_BATCH]
         vectors = inference_embed(texts=[chunk.text for chunk in batch])
-        Chunk.objects.bulk_create(
-            Chunk(
-                version=version,
-                index=chunk.index,
-                text=chunk.text,
-                start=chunk.start,
-                end=chunk.end,
-                page=chunk.page,
-                heading_path=chunk.heading_path,
-                embedding=vector,
+        with transaction.atomic():  # the ownership check and the write under one row lock
+            _own(version)
+            Chunk.objects.bulk_create(
+                Chunk(
+                    version=version,
+                    index=chunk.index,
+                    text=chunk.text,
+                    start=chunk.start,
+                    end=chunk.end,
+                    page=chunk.page,
+                    heading_path=chunk.heading_path,
+                    embedding=vector,
+                )
+                for chunk, vector in zip(batch, vectors, strict=True)
             )
-            for chunk, vector in zip(batch, vectors, strict=True)
-        )
-        _set(version, chunks_embedded=start + len(batch))
+            _set(version, chunks_embedded=start + len(batch))
     _publish(version)
+
+
+def _own(version: DocumentVersion) -> None:
+    """Lock the version's row (inside a transaction) and check this attempt still owns it: raises _Cancelled
+    when the owner asked to cancel, _Superseded when beat failed it or another attempt claimed it."""
+    state = (
+        DocumentVersion.objects.select_for_update()
+        .filter(pk=version.pk)
+        .values("status", "attempts", "cancel_requested")
+    )
+    state = state.first()
+    if state is None or state["status"] != Status.PROCESSING or state["attempts"] != version.attempts:
+        raise _Superseded
+    if state["cancel_requested"]:
+        raise _Cancelled
 
 
 def _publish(version: DocumentVersion) -> None:
@@ -135,8 +161,7 @@ def _publish(version: DocumentVersion) -> None:
             .select_related("current_version")
             .get(pk=version.document_id)
         )
-        if DocumentVersion.objects.filter(pk=version.pk, cancel_requested=True).exists():
-            raise _Cancelled
+        _own(version)
         replaced = document.current_version
         _set(version, status=Status.READY)
         if replaced is None or replaced.number < version.number:

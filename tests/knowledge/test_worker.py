@@ -7,7 +7,6 @@ import time
 
 import psutil
 import pytest
-from django.test import override_settings
 
 from apps.knowledge.ingestion import EMBED_BATCH
 from apps.knowledge.models import Chunk, Document, DocumentVersion
@@ -18,8 +17,6 @@ from tests.knowledge.factories import make_collection
 
 Status = DocumentVersion.Status
 PARAGRAPH = "Paragraph {n} of the long manual explains how the lighthouse lamp number {n} is cleaned, oiled and tested."
-
-
 FIRST_EDITION = b"The first edition of the manual: lamps are cleaned weekly."
 
 
@@ -44,14 +41,14 @@ def test_a_worker_killed_mid_ingestion_leaves_a_retryable_document(models_ready,
     from tests.conftest import celery_worker
 
     collection = make_collection(make_user("ada"))
-    queue = f"ingest-doomed-{os.getpid()}"  # only the worker about to be killed listens here
-    routes = app.conf.task_routes
-    app.conf.task_routes = {**routes, "knowledge.document_ingest": {"queue": queue}}  # where uploads queue
+    # Only the worker about to be killed consumes `ingest` meanwhile: the session's worker lets go of it.
+    session_worker = [f"test-{os.getpid()}@{os.uname().nodename}"]
+    app.control.cancel_consumer("ingest", destination=session_worker, reply=True)
     try:
-        with celery_worker(f"doomed-{os.getpid()}", queues=(queue,)) as worker:
+        with celery_worker(f"doomed-{os.getpid()}", queues=("ingest",)) as worker:
             served = document_upload(collection=collection, filename="manual.txt", data=FIRST_EDITION)
             _wait(lambda: Document.objects.filter(current_version=served).exists(), timeout=120, what="v1")
-            doomed = document_upload(collection=collection, filename="manual.txt", data=_long_manual(1500))
+            doomed = document_upload(collection=collection, filename="manual.txt", data=_long_manual(1200))
             _wait(
                 lambda: DocumentVersion.objects.filter(pk=doomed.pk, chunks_embedded__gte=EMBED_BATCH).exists(),
                 timeout=120,
@@ -62,7 +59,7 @@ def test_a_worker_killed_mid_ingestion_leaves_a_retryable_document(models_ready,
                 process.send_signal(signal.SIGKILL)
             worker.wait(10)
     finally:
-        app.conf.task_routes = routes
+        app.control.add_consumer("ingest", destination=session_worker, reply=True)
     doomed.refresh_from_db()
     assert doomed.status == Status.PROCESSING and 0 < doomed.chunks_embedded < doomed.chunks_total
     assert Document.objects.get().current_version_id == served.pk  # the old version is still the one read
@@ -81,8 +78,7 @@ def test_a_worker_killed_mid_ingestion_leaves_a_retryable_document(models_ready,
     assert (doomed.status, doomed.failure) == (Status.FAILED, "worker lost") and doomed.retryable
     assert not Chunk.objects.filter(version=doomed).exists()
 
-    with override_settings(KNOWLEDGE_INGEST_STALE_SECONDS=300):
-        document_retry(version=doomed)  # queued on commit to `ingest`, where the session's worker listens
+    document_retry(version=doomed)  # queued on commit to `ingest`, where the session's worker listens again
     _wait(
         lambda: DocumentVersion.objects.filter(pk=doomed.pk, status__in=[Status.READY, Status.FAILED]).first(),
         timeout=300,
