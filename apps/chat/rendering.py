@@ -5,6 +5,7 @@ browser only ever inserts HTML that came through here; while streaming it shows 
 """
 
 import nh3
+from django.urls import reverse
 from markdown_it import MarkdownIt
 
 _markdown = MarkdownIt("commonmark", {"html": False, "linkify": False}).enable(["table", "strikethrough"])
@@ -37,4 +38,14 @@ def answer_done_event(message) -> dict:
         "error": message.error,
         "finish_reason": message.finish_reason,
         "context": message.context,
+        # knowledge: the passages the answer was given, each linked to its cited-passage page
+        "sources": [
+            {
+                "n": source["n"],
+                "document": source["document"],
+                "page": source.get("page"),
+                "url": reverse("knowledge:cited", args=[message.pk, source["n"]]),
+            }
+            for source in message.sources
+        ],
     }

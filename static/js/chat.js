@@ -70,6 +70,21 @@
       if (error && data.error) { error.textContent = data.error; error.hidden = false; }
       var truncated = article.querySelector("[data-truncated]");
       if (truncated) truncated.hidden = data.finish_reason !== "length";
+      if (data.sources && data.sources.length && !article.querySelector(".msg-sources")) {
+        // knowledge: the answer's sources, built as text nodes (file names are untrusted)
+        var list = document.createElement("ol");
+        list.className = "msg-sources";
+        list.setAttribute("aria-label", "Sources");
+        data.sources.forEach(function (s) {
+          var link = document.createElement("a");
+          link.href = s.url;
+          link.textContent = "[" + s.n + "] " + s.document + (s.page ? ", page " + s.page : "");
+          var item = document.createElement("li");
+          item.appendChild(link);
+          list.appendChild(item);
+        });
+        body.insertAdjacentElement("afterend", list);
+      }
       article.querySelectorAll("[data-stop-button]").forEach(function (b) { b.hidden = true; });
       article.querySelectorAll("[data-inspect], [data-when-finished]").forEach(function (el) { el.hidden = false; });
       document.querySelectorAll("[data-send]").forEach(function (b) { b.disabled = false; });

@@ -9,6 +9,7 @@ from apps.assistants.models import CanaryIncident
 from apps.chat import services
 from apps.chat.generation import reply_generate
 from apps.chat.models import Message
+from apps.chat.rendering import answer_done_event
 from apps.knowledge.models import Chunk
 from apps.knowledge.prompting import CITATION
 from apps.knowledge.retrieval import chunks_search
@@ -43,6 +44,8 @@ def test_an_answer_keeps_the_passages_it_was_given_and_cites_only_them(models_re
     page = signed_in(owner).get(reverse("chat:conversation", args=[conversation.pk]))
     links = html.fromstring(page.content).cssselect(f"#m-{reply.pk} .msg-sources a")
     assert [a.text_content().split("]")[0] for a in links] == ["[1", "[2"]
+    live = answer_done_event(reply)["sources"]  # what a page following the answer live adds
+    assert [s["url"] for s in live] == [a.get("href") for a in links]
     cited = signed_in(owner).get(links[0].get("href"))
     marked = html.fromstring(cited.content).cssselect("#cited")  # the owner sees the whole document, marked
     assert cited.status_code == 200 and marked[0].text_content().split() == retrieved[0].text.split()
