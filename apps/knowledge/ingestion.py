@@ -44,14 +44,24 @@ class _Cancelled(Exception):
 
 
 class _Superseded(Exception):
-    """Another attempt owns the version now (beat failed this one as silent, and it was retried)."""
+    """This attempt no longer owns the version: beat failed it as silent (and it may have been retried),
+    or the document was deleted. It stops without writing anything more."""
 
 
 def document_ingest(*, version_id: int) -> str:
-    """Ingest one version (the `ingest` task's body); returns the status it ended in, or "skipped"."""
+    """Ingest one version (the `ingest` task's body); returns the status it ended in, "skipped" when there
+    was nothing to take, or "superseded" when the version was taken from this attempt meanwhile."""
     version = _claim(version_id)
     if version is None:
         return "skipped"
+    try:
+        return _ingest_or_fail(version)
+    except _Superseded:
+        log.warning("document version %s: attempt %s was superseded; it stops", version.pk, version.attempts)
+        return "superseded"
+
+
+def _ingest_or_fail(version: DocumentVersion) -> str:
     try:
         _ingest(version)
     except ExtractionError as error:
@@ -59,11 +69,11 @@ def document_ingest(*, version_id: int) -> str:
     except InferenceError as error:
         _fail(version, failure="engine", error=f"Embedding failed: {error}")
     except _Cancelled:
-        Chunk.objects.filter(version=version).delete()
-        _set(version, status=Status.CANCELLED, chunks_total=0, chunks_embedded=0)
+        with transaction.atomic():  # the status first: it fails when the version is no longer ours
+            _set(version, status=Status.CANCELLED, chunks_total=0, chunks_embedded=0)
+            Chunk.objects.filter(version=version).delete()
     except _Superseded:
-        log.warning("document version %s: attempt %s was superseded; it stops", version.pk, version.attempts)
-        return "superseded"
+        raise
     except Exception:
         log.exception("ingesting document version %s failed", version.pk)
         _fail(version, failure="internal", error="An internal error stopped the ingestion. Retry it.")
@@ -174,16 +184,20 @@ def _publish(version: DocumentVersion) -> None:
 
 
 def _set(version: DocumentVersion, **fields) -> None:
-    """Save `fields` and the heartbeat: every progress step is also a sign of life."""
-    for name, value in fields.items():
+    """Save `fields` and the heartbeat (every progress step is also a sign of life), only while this attempt
+    owns the version: raises _Superseded when it was failed, claimed again or deleted meanwhile."""
+    now = timezone.now()
+    owned = DocumentVersion.objects.filter(pk=version.pk, status=Status.PROCESSING, attempts=version.attempts)
+    if not owned.update(**fields, heartbeat_at=now, updated_at=now):
+        raise _Superseded
+    for name, value in {**fields, "heartbeat_at": now, "updated_at": now}.items():
         setattr(version, name, value)
-    version.heartbeat_at = timezone.now()
-    version.save(update_fields=[*fields, "heartbeat_at", "updated_at"])
 
 
 def _fail(version: DocumentVersion, *, failure: str, error: str) -> None:
-    Chunk.objects.filter(version=version).delete()
-    _set(version, status=Status.FAILED, failure=failure[:40], error=error[:500], chunks_embedded=0)
+    with transaction.atomic():  # the status first: it fails when the version is no longer ours
+        _set(version, status=Status.FAILED, failure=failure[:40], error=error[:500], chunks_embedded=0)
+        Chunk.objects.filter(version=version).delete()
     log.info("document version %s failed: %s", version.pk, failure)
 
 

@@ -5,6 +5,7 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
+from apps.knowledge import ingestion
 from apps.knowledge.ingestion import document_ingest, versions_fail_stale
 from apps.knowledge.models import Chunk, Document, DocumentVersion
 from apps.knowledge.retrieval import chunks_search
@@ -144,12 +145,30 @@ def test_cancel_a_queued_ingestion_then_retry_it(inference_server):
 def test_a_cancel_during_processing_is_seen_between_batches(inference_server):
     collection = make_collection(make_user("ada"))
     version = document_upload(collection=collection, filename="kettle.md", data=KETTLE.encode())
-    # Claimed by a worker (processing, fresh heartbeat), then cancelled: the worker's next check stops it.
-    DocumentVersion.objects.filter(pk=version.pk).update(status=Status.PROCESSING, heartbeat_at=timezone.now())
-    document_cancel(version=version)
-    assert DocumentVersion.objects.get(pk=version.pk).cancel_requested
+    running = ingestion._claim(version.pk)  # a worker took it: processing, fresh heartbeat
+    assert document_cancel(version=version).status == Status.PROCESSING  # the flag only, for the worker
     with pytest.raises(KnowledgeError):
         document_retry(version=version)  # still running
+    assert ingestion._ingest_or_fail(running) == Status.CANCELLED  # its next check between batches stops it
+    version.refresh_from_db()
+    assert version.status == Status.CANCELLED and not version.chunks.exists() and version.retryable
+
+
+def test_an_attempt_taken_for_dead_stops_without_touching_the_retry(settings, inference_server):
+    collection = make_collection(make_user("ada"))
+    version = document_upload(collection=collection, filename="kettle.md", data=KETTLE.encode())
+    slow = ingestion._claim(version.pk)  # attempt 1: alive, but silent longer than beat allows
+    silent_since = timezone.now() - timedelta(seconds=settings.KNOWLEDGE_INGEST_STALE_SECONDS + 1)
+    DocumentVersion.objects.filter(pk=version.pk).update(heartbeat_at=silent_since)
+    assert versions_fail_stale() == 1
+    document_retry(version=version)
+    assert document_ingest(version_id=version.pk) == Status.READY  # attempt 2
+    chunks = list(version.chunks.values_list("pk", flat=True))
+    with pytest.raises(ingestion._Superseded):
+        ingestion._ingest_or_fail(slow)  # attempt 1 wakes up: it stops at its first write
+    version.refresh_from_db()
+    assert version.status == Status.READY and version.attempts == 2
+    assert list(version.chunks.values_list("pk", flat=True)) == chunks
 
 
 def test_a_silent_processing_version_becomes_failed_and_retryable(settings, inference_server):
