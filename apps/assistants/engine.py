@@ -11,9 +11,10 @@ and the request reports how many, so chat can show it and the API can send it in
 Knowledge: a version with collections retrieves passages for the conversation (apps/knowledge/retrieval.py)
 and sends them as a delimited, datamarked data block after the instructions (apps/knowledge/prompting.py),
 in at most KNOWLEDGE_SHARE of what the instructions and the answer leave. The passages are chosen before
-the count (by estimate, against the model's window remembered from its last count), then counted exactly
-in the same batched call; the report says their tokens (`knowledge`) and how many were sent
-(`chunks_included`), and the request carries them as `sources` for the answer's citations.
+the count, by estimate, against the model's window and the instructions' cost (both cached; a cold cache
+costs one small /tokenize call first), then counted exactly in the same batched call. The report says
+their tokens (`knowledge`) and how many were sent (`chunks_included`); the request carries them as
+`sources` for the answer's citations.
 
 Counts come from the model's own tokenizer and chat template (the engine's /tokenize). For a ChatML
 template every turn is formatted on its own, so a turn's cost is the difference it makes to the
@@ -106,8 +107,13 @@ def engine_request_build(
     knowledge = None
     chunks = knowledge_retrieve(version=version, messages=turns)
     if chunks:
-        window_guess, reserved_guess = cache.get(_window_cache_key(tokenizer_model)), settings["max_tokens"]
-        room = (window_guess or 2048) - min(reserved_guess, (window_guess or 2048) // 2) - (system_tokens or 0)
+        window = cache.get(_window_cache_key(tokenizer_model))
+        if window is None or system_tokens is None:  # once per model and day: the share needs both
+            answer = inference_token_counts(model=tokenizer_model, conversations=[[system]])
+            window, system_tokens = answer["max_model_len"], answer["counts"][0]
+            cache.set(_window_cache_key(tokenizer_model), window, INSTRUCTIONS_COUNT_TTL)
+            cache.set(cache_key, system_tokens, INSTRUCTIONS_COUNT_TTL)
+        room = window - min(settings["max_tokens"], window // 2) - system_tokens
         knowledge = knowledge_block_build(chunks=chunks, token_budget=int(max(room, 0) * KNOWLEDGE_SHARE))
     prefix = [system, knowledge.message] if knowledge else [system]
     # --- end knowledge ---
@@ -123,7 +129,6 @@ def engine_request_build(
     batch += [[system, turns[i]] for i in unknown]
     answer = inference_token_counts(model=tokenizer_model, conversations=batch)
     window, results = answer["max_model_len"], answer["counts"]
-    cache.set(_window_cache_key(tokenizer_model), window, INSTRUCTIONS_COUNT_TTL)
     full_prompt = results[0]
     if system_tokens is None:
         system_tokens = results[1]

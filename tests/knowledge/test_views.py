@@ -10,7 +10,7 @@ from lxml import html
 
 from apps.knowledge.models import Document, DocumentVersion
 from apps.knowledge.retrieval import chunks_search, readable_chunks
-from tests.factories import make_user, signed_in
+from tests.factories import make_assistant, make_user, signed_in
 from tests.knowledge.factories import ingested, make_collection
 
 pytestmark = pytest.mark.django_db
@@ -19,7 +19,7 @@ KETTLE = "# Kettle\n\nThe kettle boils one litre of water in three minutes.\n\nD
 
 
 @pytest.fixture
-def mallory_and_alice(inference_server):
+def mallory_and_alice(models_ready, inference_server):
     alice, mallory = make_user("alice"), make_user("mallory")
     secret = ingested(make_collection(alice, "Private"), "vault.md", f"# Vault\n\n{SECRET_NOTE}")
     return alice, mallory, secret
@@ -38,6 +38,25 @@ def test_another_users_passages_never_come_back_even_verbatim(mallory_and_alice)
     assert not readable_chunks(collection_ids=[alice_collection.pk], owner_id=mallory.pk).exists()
     mine_only = chunks_search(collection_ids=[alice_collection.pk], owner_id=alice.pk, query=SECRET_NOTE, top_k=1)
     assert mine_only[0].text.endswith(SECRET_NOTE)  # the control: the same query finds it for its owner
+
+
+def test_an_assistant_given_someone_elses_collection_retrieves_nothing_from_it(mallory_and_alice):
+    """The builder refuses it; a version that has the link anyway (made past the form) still reads nothing."""
+    from apps.assistants.engine import engine_request_build
+
+    alice, mallory, secret = mallory_and_alice
+    assistant = make_assistant(mallory)
+    assistant.current_version.knowledge_collections.add(secret.document.collection)
+    request = engine_request_build(
+        version=assistant.current_version, messages=[{"role": "user", "content": SECRET_NOTE}], user_name="mallory"
+    )
+    assert request.sources == [] and request.report["chunks_included"] == 0
+    assert all(SECRET_NOTE not in m["content"] for m in request.body["messages"][:-1])
+    own = make_assistant(alice, knowledge_collections=(secret.document.collection,))
+    request = engine_request_build(
+        version=own.current_version, messages=[{"role": "user", "content": SECRET_NOTE}], user_name="alice"
+    )
+    assert [s["chunk_id"] for s in request.sources] == list(secret.chunks.values_list("pk", flat=True))
 
 
 def test_every_view_is_404_for_anyone_but_the_owner(mallory_and_alice, client):
