@@ -156,16 +156,21 @@ def _vector_ranking(readable: QuerySet[Chunk], embedding: list[float]) -> list[i
 
 
 def knowledge_retrieve(*, version, messages: list[dict]) -> list[RetrievedChunk]:
-    """What `version` retrieves for the conversation; [] without collections, and for the builder's unsaved
-    preview config (an AssistantConfig), which has no owner to check collections against yet."""
-    if getattr(version, "pk", None) is None:
-        return []
-    collection_ids = list(version.knowledge_collections.values_list("pk", flat=True))
-    if not collection_ids:
+    """What `version` retrieves for the conversation; [] without collections. `version` is a saved
+    AssistantVersion (read as its assistant's owner), or the builder's unsaved AssistantConfig, whose
+    collections the builder's form already limited to the editor's own (read as their owner: the one owner
+    of them all, or nothing)."""
+    if getattr(version, "pk", None) is not None:
+        collection_ids = list(version.knowledge_collections.values_list("pk", flat=True))
+        owner_ids = {version.assistant.owner_id}
+    else:
+        collection_ids = [collection.pk for collection in version.knowledge_collections]
+        owner_ids = {collection.owner_id for collection in version.knowledge_collections}
+    if not collection_ids or len(owner_ids) != 1:
         return []
     return chunks_search(
         collection_ids=collection_ids,
-        owner_id=version.assistant.owner_id,
+        owner_id=owner_ids.pop(),
         query=retrieval_query(messages=messages),
         top_k=version.knowledge_top_k,
         min_score=version.knowledge_min_score,

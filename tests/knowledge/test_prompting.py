@@ -7,6 +7,7 @@ import pytest
 
 from apps.assistants.engine import engine_request_build
 from apps.assistants.services import AssistantConfig, assistant_update
+from apps.knowledge.chunking import token_estimate
 from apps.knowledge.prompting import (
     DATAMARK,
     citations_finalize,
@@ -77,7 +78,8 @@ def test_a_passage_holding_the_delimiter_is_dropped(monkeypatch):
 
 def test_the_budget_limits_the_passages_best_first():
     chunks = [_chunk(i, "word " * 60) for i in range(1, 6)]
-    small = knowledge_block_build(chunks=chunks, token_budget=500)
+    single = knowledge_block_build(chunks=chunks[:1], token_budget=10_000).message["content"]
+    small = knowledge_block_build(chunks=chunks, token_budget=token_estimate(single) + 5)
     assert [s["chunk_id"] for s in small.sources] == [1]
     assert [s["n"] for s in knowledge_block_build(chunks=chunks, token_budget=10_000).sources] == [1, 2, 3, 4, 5]
     assert knowledge_block_build(chunks=chunks, token_budget=50) is None
@@ -145,3 +147,22 @@ def test_the_engine_request_carries_the_block_after_the_instructions(models_read
     # The knowledge slot is what the block adds to the same question under the same instructions.
     assert request.report["knowledge"] == request.report["prompt"] - plain.report["prompt"] > 0
     assert request.report["history"] == plain.report["history"]
+
+
+@pytest.mark.django_db
+def test_the_builders_preview_retrieves_from_the_unsaved_configs_collections(models_ready, inference_server):
+    import json
+
+    from apps.assistants.engine import preview_request_build
+    from apps.assistants.selectors import chat_model_default
+
+    owner = make_user("ada")
+    collection = make_collection(owner)
+    ingested(collection, "kettle.md", "# Kettle\n\nThe kettle boils one litre of water in three minutes.")
+    conversation = json.dumps([{"role": "user", "content": "How fast does the kettle boil?"}])
+    config = AssistantConfig(name="Draft", base_model=chat_model_default(), knowledge_collections=(collection,))
+    request = preview_request_build(config=config, conversation=conversation, user_name="ada")
+    assert [s["document"] for s in request.sources] == ["kettle.md"]
+    stranger = make_collection(make_user("bob"), "Bob's")
+    mixed = AssistantConfig(name="Draft", base_model=chat_model_default(), knowledge_collections=(collection, stranger))
+    assert preview_request_build(config=mixed, conversation=conversation, user_name="ada").sources == []
