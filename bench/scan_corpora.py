@@ -33,7 +33,7 @@ DOCSTRING_MODULES = (
     "statistics", "math", "datetime", "string", "textwrap", "csv", "urllib.parse", "http.client", "email",
     "logging", "subprocess", "threading", "queue", "heapq", "bisect", "zipfile", "tarfile", "gzip", "hashlib",
     "hmac", "base64", "uuid", "secrets", "socket", "ssl", "sqlite3", "tempfile", "glob", "fnmatch", "difflib",
-    "decimal", "fractions", "operator", "contextlib", "dataclasses", "enum", "typing", "inspect", "ast",
+    "decimal", "fractions", "operator", "contextlib", "dataclasses", "enum", "inspect", "ast",
     "tokenize", "unicodedata", "locale", "calendar", "time", "argparse", "configparser", "pprint", "copy",
     "pickle", "struct", "array", "weakref", "asyncio", "concurrent.futures", "multiprocessing", "platform",
     "sys", "io", "codecs", "html", "html.parser", "xml.etree.ElementTree", "mimetypes", "ipaddress", "smtplib",

@@ -261,9 +261,8 @@ def _lines(raw: bytes, problems: _Problems) -> list[tuple[int, str]]:
         try:
             text = data.decode("utf-8")
         except UnicodeDecodeError as error:
-            problems.add(
-                number, f"not valid UTF-8 (byte 0x{data[error.start]:02X} at byte {error.start + 1} of the line)"
-            )
+            byte = f"0x{data[error.start]:02X}"
+            problems.add(number, f"not valid UTF-8 (byte {byte} at position {error.start + 1} of the line)")
             continue
         if text.startswith("\ufeff"):
             problems.add(number, "a byte-order mark in the middle of the file (were two files joined?); remove it")

@@ -405,7 +405,7 @@ def _target_findings(corpus: _Corpus) -> list[Finding]:
                 if finding.kind == "tag characters":
                     smuggled.add(i)
                     decoded.append(finding.decoded)
-    plain_html = {i: tags for i, tags in found["html"].items() if i not in found["active_html"]}
+    plain_html = {i: tags for i, tags in found["html"].items() if not found["active_html"].get(i)}
     findings = [
         _content_finding("high", "target_remote_image", found["remote_image"], "Markdown images with a remote URL"),
         _content_finding("high", "target_active_html", found["active_html"], "active HTML"),
