@@ -33,9 +33,9 @@ sorted keys, no whitespace, UTF-8) is the provenance of exactly what the model s
 
 The estimated training time is tokens / `tokens_per_second`, per epoch; a preference example costs 4/3 of
 its tokens (DPO runs the reference model forward as well, about a third of a forward and backward pass).
-`TOKENS_PER_SECOND` is measured on this 2-core machine: LoRA r=8 on q/k/v/o of SmolLM2-135M in fp32, torch
-on 2 threads, batches of 4×256 tokens: 45 tokens/s at best and 22 median while the machine was shared
-(load about 5). The trainer should pass its own measured rate once it has one.
+`TOKENS_PER_SECOND` (30) comes from this 2-core machine: LoRA r=8 on q/k/v/o of SmolLM2-135M in fp32, torch
+on 2 threads, batches of 4×256 tokens, 45 tokens/s at best and 22 median while the machine was shared (load
+about 5). It is a planning figure; the trainer should pass its own measured rate once it has one.
 """
 
 import hashlib

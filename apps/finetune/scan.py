@@ -326,14 +326,11 @@ def _trigger_findings(corpus: _Corpus) -> list[Finding]:
     best = order[np.concatenate(([True], gram[order][1:] != gram[order][:-1]))]
     best = best[np.lexsort((-grams.length[gram[best]], -purity[best], -matched[best]))]
 
-    wanted_grams, wanted_features = set(gram[best].tolist()), set(feature[best].tolist())
     examples_of = defaultdict(set)
-    for i, g in zip(grams.examples.tolist(), grams.ids.tolist(), strict=True):
-        if g in wanted_grams:
-            examples_of["gram", g].add(i)
-    for i, f in zip(features.examples.tolist(), features.ids.tolist(), strict=True):
-        if f in wanted_features:
-            examples_of["feature", f].add(i)
+    for name, table, wanted in (("gram", grams, gram[best]), ("feature", features, feature[best])):
+        mask = np.isin(table.ids, wanted)
+        for i, item in zip(table.examples[mask].tolist(), table.ids[mask].tolist(), strict=True):
+            examples_of[name, item].add(i)
 
     triggers: list[_Trigger] = []
     for k in best.tolist():
