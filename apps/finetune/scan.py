@@ -46,9 +46,13 @@ and variation selectors also occur in emoji). One finding per kind, over all exa
 MinHash over word 3-shingles of the whole example (96 permutations), LSH with 16 bands of 6 rows (a pair at
 Jaccard 0.8 shares a band with probability 0.99, at 0.5 with 0.22), then 80% of the signature must agree.
 
-Measured (bench/scan.py, bench/results_scan.md): no high finding on the clean sets (real chit-chat,
-ChatterBot, standard-library docstrings); planted triggers found at 1–10% poison rates; about 3 seconds for
-20,000 examples on this 2-core machine.
+Measured (python -m bench.scan, bench/results_scan.md): no high finding on 23 clean datasets (89,029 examples of
+real chit-chat, with and without persona system prompts, ChatterBot, standard-library docstrings, preference
+pairs); 32 of 32 planted triggers found high with exactly their lines (a phrase, a rare token, a system-prompt
+tag, invisible characters, a sentence appended to real answers, a preference set; from 5 poisoned examples to
+10%). 20,000 examples take 3.3 CPU seconds on this 2-core machine (reading 1.6, triggers 0.5, duplicates
+0.6). Near duplicates against exact Jaccard: recall 0.93, precision 0.92 (datasketch's MinHashLSH on the
+same shingles: 0.76 and 0.91, at 17 times the CPU time).
 """
 
 import itertools
