@@ -17,13 +17,14 @@ ends, backslashes read as slashes, and runs of slashes after the scheme collapse
 rebuilds the URL from its parsed parts (host in ASCII, no userinfo, path percent-encoded) and links to that, so
 what the page shows is exactly where the browser goes. Hosts are read the way WHATWG URL does: percent-decoded,
 mapped with UTS #46 (the `idna` package), and a numeric last label makes the host an IPv4 address
-(`http://0x7f.1/` is 127.0.0.1).
+(`http://0x7f.1/` is 127.0.0.1). IDNA 2008 is stricter than browsers: a name it refuses (an emoji domain, a
+punycode label that does not decode) is refused, not shown.
 
 Lookalike names. An internationalized host is always shown in punycode (what the browser contacts), beside its
 Unicode form for comparison, with a warning when a label mixes scripts (Latin with Cyrillic, say) or when the
 name imitates an ASCII name (its skeleton, below). The skeleton folds the letters most used to imitate Latin
-ones (a subset of Unicode's confusables.txt: Cyrillic, Greek, Armenian) and strips accents; it catches
-`аpple.com` and `раypal.com`, not every homoglyph.
+ones (a subset of Unicode's confusables.txt: Cyrillic, Greek, Armenian); it catches `аpple.com` and `раураӏ.com`,
+not every homoglyph. Accented letters are left alone: a reader can see them, and `bücher.example` is no attack.
 """
 
 import ipaddress
@@ -185,9 +186,8 @@ def _scripts(label: str) -> set[str]:
 
 
 def _skeleton(name: str) -> str:
-    """The ASCII name a Unicode name imitates: lookalike letters folded, accents stripped."""
-    folded = unicodedata.normalize("NFKD", name.translate(_LOOKALIKES))
-    return "".join(c for c in folded if not unicodedata.combining(c))
+    """The name a Unicode name imitates, with lookalike letters folded. Accents stay: a reader can see them."""
+    return name.translate(_LOOKALIKES)
 
 
 def _host_read(hostname: str) -> tuple[str, str, list[str]]:
@@ -214,8 +214,8 @@ def _host_read(hostname: str) -> tuple[str, str, list[str]]:
         return host, "", []
     try:
         unicode_host = ".".join(idna.decode(label) if label.startswith("xn--") else label for label in labels)
-    except idna.IDNAError:
-        return host, "", ["The host name holds punycode that does not decode to a valid name."]
+    except idna.IDNAError:  # stricter than a browser: IDNA 2008 refuses emoji names too
+        raise RefusedLink("The host name holds punycode that is not a valid internationalized name.") from None
     warnings = []
     for label in unicode_host.split("."):
         scripts = _scripts(label)
