@@ -10,13 +10,17 @@ from playwright.sync_api import BrowserContext, Page
 LOGIN_PATH = "/accounts/login/"
 LOCAL_HOSTS = {"127.0.0.1", "localhost"}
 
-# Reports every Content-Security-Policy violation to the test, from every page and frame of the context.
+# Reports every Content-Security-Policy violation to the test, from every page and frame of the context (and
+# keeps them in the page too, for a test that waits for one).
 _REPORT_CSP_VIOLATIONS = """
+window.__cspViolations = [];
 document.addEventListener("securitypolicyviolation", (event) => {
-  window.__cspViolation({
+  const violation = {
     page: location.href, directive: event.effectiveDirective, blocked: event.blockedURI,
     source: event.sourceFile, line: event.lineNumber, sample: event.sample,
-  });
+  };
+  window.__cspViolation(violation);
+  window.__cspViolations.push(violation);
 });
 """
 

@@ -99,6 +99,16 @@ def test_adversarial_answers_and_their_snapshot_in_chromium(web_server, browser,
     visitor.close()
     context.close()
 
+    # A control, so that silence above means something: a deliberate violation on this site is reported.
+    probe_context = browser.new_context()
+    probe_watch = browser_watch(probe_context)
+    probe = probe_context.new_page()
+    probe.goto(f"{web_server}/snapshot/{snapshot_token}/")
+    probe.evaluate("() => { const img = new Image(); img.src = 'https://attacker.example/probe.png'; }")
+    probe.wait_for_function("() => window.__cspViolations.length > 0")
+    probe_context.close()
+    assert [violation["directive"] for violation in probe_watch.violations] == ["img-src"]
+
     for recorded in (watch, visitor_watch):
         assert recorded.documents and not recorded.documents_without_csp()
         assert any(url.endswith(".css") for url in recorded.requests)  # the recorder saw the page's own loads
