@@ -6,8 +6,10 @@ Model output is untrusted: a prompt injection in a document, a shared assistant'
 fine-tune can make the model write whatever it likes. The threats, and the step that answers each:
 
 1. Invisible Unicode (tag characters that smuggle instructions, bidi controls that reorder what is shown,
-   zero-width characters that split `java​script:`): `unicode_clean` removes them first and logs a decoded
-   tag-character message.
+   zero-width characters that split `java​script:`): `unicode_clean` removes them and logs a decoded
+   tag-character message; first from the source, then from each token's text, since markdown-it decodes
+   entities (`&#x202E;`) after the first pass. Not from the HTML itself: NFC there would fuse `>` and a
+   following U+0338 into `≯` and break the markup.
 2. Raw HTML (`<img>`, `<script>`, `<svg onload>`, `<style>`, `<meta>`, `<base>`, `<form>`...): markdown-it
    runs with HTML off, so it is text.
 3. Link schemes: a destination that is not http(s), mailto or relative is not a link at all (markdown-it's
@@ -43,6 +45,7 @@ ALLOWED_ATTRIBUTES = {"a": {"href"}, "ol": {"start"}}  # no title: a tooltip can
 ALIGN_CLASSES = {"align-left", "align-center", "align-right"}
 LINK_REL = "noopener noreferrer nofollow"
 ALT_CHARS = 100  # of an image's alt text in its placeholder
+SOURCE = "untrusted markdown"  # names the text in the log line of a decoded tag-character message
 
 
 class _UntrustedMarkdown(MarkdownIt):
@@ -108,7 +111,18 @@ def _inline_shape(children: list[Token], links_left: int) -> tuple[list[Token], 
     return shaped, links_left
 
 
+def _contents_clean(tokens: list[Token]) -> None:
+    """Invisible characters that markdown-it decoded from entities (`&#x202E;`, `&#xE0041;`) after the first
+    clean: removed from every token's text."""
+    for token in tokens:
+        if token.content:
+            token.content = unicode_clean(token.content, source=SOURCE).text
+        if token.children:
+            _contents_clean(token.children)
+
+
 def _shape(tokens: list[Token]) -> None:
+    _contents_clean(tokens)
     links_left = settings.ATELIER_RENDER_MAX_LINKS
     for token in tokens:
         if token.type in ("th_open", "td_open") and "style" in token.attrs:
@@ -121,7 +135,7 @@ def _shape(tokens: list[Token]) -> None:
 def untrusted_markdown_render(text: str) -> str:
     """Untrusted Markdown (model output, documents, datasets) as safe HTML (see the module docstring)."""
     env: dict = {}
-    tokens = _markdown.parse(unicode_clean(text, source="untrusted markdown").text, env)
+    tokens = _markdown.parse(unicode_clean(text, source=SOURCE).text, env)
     _shape(tokens)
     html = _markdown.renderer.render(tokens, _markdown.options, env)
     return nh3.clean(

@@ -1,3 +1,6 @@
+"""Site-wide pages: the dashboard, the status page and health probe, the areas still to come, and the /out
+interstitial for links from untrusted text."""
+
 from django.contrib.auth.decorators import login_required
 from django.http import Http404, JsonResponse
 from django.shortcuts import render

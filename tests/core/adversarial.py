@@ -270,6 +270,12 @@ CASES = [
         "Pay \u2066to\u2069 acc\u200bount \u2067 1234\u2069\u200d\ufeff",
         shows=("Pay to account  1234",),
     ),
+    Case(
+        "invisible characters written as entities",
+        "Pay &#x202E;gnp.exe &#8203;now&#xE0041;&#xE0042; [a&#x202E;b](/x) ![i&#x2066;j](https://attacker.example/x.png)",
+        links=(Link("ab", "/x", out=False),),
+        shows=("Pay gnp.exe now", placeholder("ij", "attacker.example")),
+    ),
     # --- CSS overlays: no style ever applies ------------------------------------------------------------
     Case(
         "overlay in raw HTML",
