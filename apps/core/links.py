@@ -90,8 +90,9 @@ def link_allowed(url: str) -> bool:
         return True
     if scheme in WEB_SCHEMES or not scheme:  # `//host` has no scheme of its own
         try:
-            return bool(urlsplit(url).hostname)
-        except ValueError:  # an unparseable host (an unclosed "[", say)
+            parts = urlsplit(url)
+            return bool(parts.hostname) and (parts.port is None or parts.port > 0)
+        except ValueError:  # an unparseable host or port (an unclosed "[", a port past 65535)
             return False
     return False
 
