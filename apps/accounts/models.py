@@ -43,10 +43,6 @@ class User(AbstractUser):
     def can_label(self) -> bool:
         return self.role in (Role.LABELER, Role.ADMIN)
 
-    @property
-    def is_admin(self) -> bool:
-        return self.role == Role.ADMIN
-
 
 class ApiKey(models.Model):
     """A personal key for the OpenAI-compatible API. Only a SHA-256 of the key is stored: the key is

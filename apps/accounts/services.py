@@ -28,13 +28,6 @@ def user_create(*, username: str, email: str, password: str) -> User:
 
 
 @transaction.atomic
-def user_set_role(*, user: User, role: Role) -> User:
-    user.role = role
-    user.save(update_fields=["role"])
-    return user
-
-
-@transaction.atomic
 def admin_ensure(*, username: str, password: str | None) -> tuple[User, str | None]:
     """Make sure an admin account exists.
 

@@ -1,7 +1,7 @@
 from django.contrib import admin, messages
 
 from apps.assistants.models import Assistant, AssistantReport, AssistantVersion
-from apps.assistants.services import assistant_reports_resolve, assistant_set_unlisted
+from apps.assistants.services import assistant_reports_resolve, assistant_set_unlisted, assistant_visibility_set
 
 VERSION_FIELDS = (
     "number",
@@ -59,6 +59,17 @@ class AssistantAdmin(admin.ModelAdmin):
     fields = (*readonly_fields[:2], "visibility", "unlisted", *readonly_fields[2:])
     inlines = [AssistantVersionInline]
     actions = ["unlist", "list_again"]
+
+    def has_add_permission(self, request):
+        return False  # assistants are made in the builder, with their first version
+
+    def save_model(self, request, obj, form, change):
+        """Writes go through the services, whose rules the admin must not skip (going private ends the
+        share link). Only visibility and unlisted are editable here."""
+        if "visibility" in form.changed_data:
+            assistant_visibility_set(assistant=obj, visibility=form.cleaned_data["visibility"])
+        if "unlisted" in form.changed_data:
+            assistant_set_unlisted(assistant=obj, unlisted=form.cleaned_data["unlisted"])
 
     @admin.action(description="Unlist from gallery")
     def unlist(self, request, queryset):

@@ -1,8 +1,8 @@
 """An assistant is a name and a share setting around a chain of immutable versions.
 
 Everything that shapes an answer (instructions, model, adapter, knowledge, sampling) lives on an
-`AssistantVersion`; every save makes a new one. Conversations, arena battles and ratings point at the
-version that produced them, so editing an assistant never rewrites history.
+`AssistantVersion`; every save makes a new one. Answers point at the version that wrote them, so
+editing an assistant never rewrites history.
 """
 
 from django.conf import settings

@@ -67,15 +67,3 @@ def chat_model_choices() -> QuerySet[BaseModel]:
 
 def chat_model_default() -> BaseModel | None:
     return base_model_get_ready(kind=BaseModel.Kind.CHAT)
-
-
-def engine_settings(*, version) -> dict:
-    """What a version (or an unsaved AssistantConfig, which has the same fields) asks of the engine: its
-    model (the fine-tune's adapter, else the base model) and its sampling settings."""
-    return {
-        "model": version.adapter or version.base_model.name,
-        "temperature": version.temperature,
-        "top_p": version.top_p,
-        "repetition_penalty": version.repetition_penalty,
-        "max_tokens": version.max_tokens,
-    }

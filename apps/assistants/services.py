@@ -111,17 +111,25 @@ def assistant_update(
     """Save a new version (the old one stays, for the conversations that used it) and the visibility."""
     assistant = Assistant.objects.select_for_update().get(pk=assistant.pk)
     _validate(config, assistant.owner)
+    assistant_visibility_set(assistant=assistant, visibility=visibility)
+    return _version_create(assistant=assistant, config=config, actor=actor)
+
+
+@transaction.atomic
+def assistant_visibility_set(*, assistant: Assistant, visibility: str) -> None:
+    """The one way visibility changes (the builder and the admin alike). Going private ends the share link
+    for good: making it shareable again issues a new one, so people who had the old link stay out."""
     if visibility not in Visibility.values:
         raise AssistantError("Unknown visibility.")
-    assistant.visibility = visibility
+    locked = Assistant.objects.select_for_update().get(pk=assistant.pk)
+    locked.visibility = visibility
     if visibility == Visibility.PRIVATE:
-        # Going private ends the link for good: making it shareable again issues a new one, so people
-        # who had the old link do not get back in.
-        assistant.share_token = assistant.share_expires_at = None
-    elif not assistant.share_token:
-        assistant.share_token = _new_share_token()
-    assistant.save(update_fields=["visibility", "share_token", "share_expires_at", "updated_at"])
-    return _version_create(assistant=assistant, config=config, actor=actor)
+        locked.share_token = locked.share_expires_at = None
+    elif not locked.share_token:
+        locked.share_token = _new_share_token()
+    locked.save(update_fields=["visibility", "share_token", "share_expires_at", "updated_at"])
+    assistant.visibility, assistant.share_token = locked.visibility, locked.share_token
+    assistant.share_expires_at = locked.share_expires_at
 
 
 @transaction.atomic

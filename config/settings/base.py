@@ -103,6 +103,15 @@ CELERY_RESULT_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_RESULT_EXPIRES = 24 * 3600
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# Answers and titles stream on the `chat` queue (a threaded worker); everything else defaults to `default`.
+CELERY_TASK_ROUTES = {
+    "chat.reply_generate": {"queue": "chat"},
+    "chat.conversation_title": {"queue": "chat"},
+}
+# Periodic tasks, sent by one `celery beat` process (make run starts it; compose has a `beat` service).
+CELERY_BEAT_SCHEDULE = {
+    "chat-replies-fail-abandoned": {"task": "chat.replies_fail_abandoned", "schedule": 30.0},
+}
 
 # --- Inference engine (a separate process; see inference/) ---------------------------------------
 INFERENCE_URL = env("INFERENCE_URL", default="http://127.0.0.1:8001")
@@ -114,6 +123,9 @@ ATELIER_ANONYMOUS_SHARING = env.bool("ATELIER_ANONYMOUS_SHARING", default=True)
 ATELIER_ANONYMOUS_MESSAGES_PER_HOUR = env.int("ATELIER_ANONYMOUS_MESSAGES_PER_HOUR", default=30)
 # An answer that saved nothing for this long lost its worker; it is marked failed and can be retried.
 CHAT_ANSWER_ABANDONED_AFTER_SECONDS = env.int("CHAT_ANSWER_ABANDONED_AFTER_SECONDS", default=150)
+
+# --- Knowledge -----------------------------------------------------------------------------------
+KNOWLEDGE_MAX_UPLOAD_MB = env.int("KNOWLEDGE_MAX_UPLOAD_MB", default=50)
 
 # --- Accounts ------------------------------------------------------------------------------------
 AUTH_USER_MODEL = "accounts.User"

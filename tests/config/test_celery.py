@@ -24,3 +24,14 @@ def test_round_trip_through_a_real_worker_process(celery_worker_process):
 @pytest.mark.parametrize("queue", ["ingest", "finetune"])
 def test_the_worker_consumes_every_product_queue(celery_worker_process, queue):
     assert echo.apply_async(args=[{"queue": queue}], queue=queue).get(timeout=60)["payload"] == {"queue": queue}
+
+
+def test_every_periodic_task_names_a_registered_task():
+    from django.conf import settings
+
+    from config.celery import app
+
+    app.loader.import_default_modules()
+    assert settings.CELERY_BEAT_SCHEDULE
+    for entry in settings.CELERY_BEAT_SCHEDULE.values():
+        assert entry["task"] in app.tasks, entry

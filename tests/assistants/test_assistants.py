@@ -5,6 +5,7 @@ inference server); here only its permission check is.
 """
 
 import io
+import re
 from datetime import timedelta
 
 import pytest
@@ -18,14 +19,16 @@ from PIL import Image, PngImagePlugin
 from apps.accounts.models import User
 from apps.assistants.models import Assistant, AssistantReport, AssistantVersion, Visibility
 from apps.assistants.selectors import gallery_list, share_link_valid
-from apps.assistants.services import AssistantConfig, AssistantError, assistant_create, assistant_update
+from apps.assistants.services import AssistantConfig, AssistantError, assistant_update
 from apps.registry.models import BaseModel
+from tests.factories import make_assistant, signed_in
 
 pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
-def chat_model() -> BaseModel:
+def stub_chat_model() -> BaseModel:
+    """A registered, ready chat model with no files behind it: enough for everything but generation."""
     return BaseModel.objects.create(
         name="tiny-chat",
         variant="q4",
@@ -54,38 +57,24 @@ def bob() -> User:
     return User.objects.create_user(username="bob", password="x")
 
 
-def _client(user: User) -> Client:
-    client = Client()
-    client.force_login(user)
-    return client
-
-
 @pytest.fixture
 def ada_client(ada) -> Client:
-    return _client(ada)
+    return signed_in(ada)
 
 
 @pytest.fixture
 def bob_client(bob) -> Client:
-    return _client(bob)
+    return signed_in(bob)
 
 
-def _make(owner, chat_model, *, name="Helper", visibility=Visibility.PRIVATE, description="", **config) -> Assistant:
-    return assistant_create(
-        owner=owner,
-        config=AssistantConfig(name=name, base_model=chat_model, description=description, **config),
-        visibility=visibility,
-    )
-
-
-def _form(chat_model, **overrides) -> dict:
+def _form(stub_chat_model, **overrides) -> dict:
     data = {
         "name": "Poet",
         "slug": "",
         "description": "Writes short poems.",
         "instructions": "You are a poet. Today is {{date}}; greet {{user_name}}.",
         "starter_prompts": ["Write a haiku", "A limerick, please"],
-        "base_model": chat_model.pk,
+        "base_model": stub_chat_model.pk,
         "adapter": "",
         "temperature": "0.8",
         "top_p": "0.9",
@@ -112,28 +101,28 @@ def _png_bytes(size=(600, 400)) -> bytes:
 # Versions
 
 
-def test_create_saves_version_1(ada_client, ada, chat_model):
-    response = ada_client.post(reverse("assistants:create"), _form(chat_model, slug="poet"))
+def test_create_saves_version_1(ada_client, ada, stub_chat_model):
+    response = ada_client.post(reverse("assistants:create"), _form(stub_chat_model, slug="poet"))
     assert response.status_code == 302 and response.url == reverse("assistants:edit", args=["poet"])
     assistant = Assistant.objects.get(slug="poet")
     version = assistant.current_version
     assert assistant.owner == ada and version.number == 1
     assert version.starter_prompts == ["Write a haiku", "A limerick, please"]
-    assert version.temperature == 0.8 and version.max_tokens == 256 and version.base_model == chat_model
+    assert version.temperature == 0.8 and version.max_tokens == 256 and version.base_model == stub_chat_model
     assert "Saved version 1." in _messages(response)
 
 
-def test_create_without_slug_derives_one_from_the_name(ada_client, chat_model):
-    ada_client.post(reverse("assistants:create"), _form(chat_model, name="My Great Poet"))
+def test_create_without_slug_derives_one_from_the_name(ada_client, stub_chat_model):
+    ada_client.post(reverse("assistants:create"), _form(stub_chat_model, name="My Great Poet"))
     assert Assistant.objects.filter(slug="my-great-poet").exists()
 
 
-def test_edit_saves_version_2_and_version_1_is_unchanged(ada_client, ada, chat_model):
-    assistant = _make(ada, chat_model, name="Poet", instructions="First instructions.")
+def test_edit_saves_version_2_and_version_1_is_unchanged(ada_client, ada, stub_chat_model):
+    assistant = make_assistant(ada, base_model=stub_chat_model, name="Poet", instructions="First instructions.")
     page = ada_client.get(reverse("assistants:edit", args=[assistant.slug]))
     assert page.status_code == 200 and b"First instructions." in page.content
 
-    data = _form(chat_model, name="Poet II", instructions="Second instructions.", slug="ignored-on-edit")
+    data = _form(stub_chat_model, name="Poet II", instructions="Second instructions.", slug="ignored-on-edit")
     response = ada_client.post(reverse("assistants:edit", args=[assistant.slug]), data)
     assert response.status_code == 302 and "Saved version 2." in _messages(response)
 
@@ -153,38 +142,40 @@ def test_edit_saves_version_2_and_version_1_is_unchanged(ada_client, ada, chat_m
     assert first.instructions == "First instructions."
 
 
-def test_more_than_four_starter_prompts_are_refused(ada_client, ada, chat_model):
+def test_more_than_four_starter_prompts_are_refused(ada_client, ada, stub_chat_model):
     prompts = ["one", "two", "three", "four", "five"]
-    response = ada_client.post(reverse("assistants:create"), _form(chat_model, slug="many", starter_prompts=prompts))
+    response = ada_client.post(
+        reverse("assistants:create"), _form(stub_chat_model, slug="many", starter_prompts=prompts)
+    )
     assert response.status_code == 200 and b"At most 4 starter prompts" in response.content
     assert not Assistant.objects.filter(slug="many").exists()
 
     with pytest.raises(AssistantError):
-        _make(ada, chat_model, starter_prompts=prompts)
-    assistant = _make(ada, chat_model, starter_prompts=prompts[:4])
+        make_assistant(ada, base_model=stub_chat_model, starter_prompts=prompts)
+    assistant = make_assistant(ada, base_model=stub_chat_model, starter_prompts=prompts[:4])
     assert assistant.current_version.starter_prompts == prompts[:4]
 
 
-def test_invalid_generation_settings_are_refused(ada_client, chat_model):
+def test_invalid_generation_settings_are_refused(ada_client, stub_chat_model):
     for field, value in [("temperature", "2.5"), ("top_p", "0"), ("max_tokens", "5000"), ("repetition_penalty", "0.9")]:
-        response = ada_client.post(reverse("assistants:create"), _form(chat_model, slug="bad", **{field: value}))
+        response = ada_client.post(reverse("assistants:create"), _form(stub_chat_model, slug="bad", **{field: value}))
         assert response.status_code == 200, field
     assert not Assistant.objects.filter(slug="bad").exists()
 
 
-def test_list_shows_own_assistants_and_an_empty_state(ada_client, ada, bob, chat_model):
+def test_list_shows_own_assistants_and_an_empty_state(ada_client, ada, bob, stub_chat_model):
     assert b"No assistants yet" in ada_client.get(reverse("assistants:list")).content
-    _make(ada, chat_model, name="Mine")
-    _make(bob, chat_model, name="Theirs")
+    make_assistant(ada, base_model=stub_chat_model, name="Mine")
+    make_assistant(bob, base_model=stub_chat_model, name="Theirs")
     content = ada_client.get(reverse("assistants:list")).content
     assert b"Mine" in content and b"Theirs" not in content and b"v1" in content
 
 
-def test_delete_asks_then_deletes_with_its_versions_and_conversations(ada_client, ada, chat_model):
+def test_delete_asks_then_deletes_with_its_versions_and_conversations(ada_client, ada, stub_chat_model):
     from apps.chat.models import Conversation, Message
     from apps.chat.services import conversation_start, message_send
 
-    assistant = _make(ada, chat_model)
+    assistant = make_assistant(ada, base_model=stub_chat_model)
     conversation = conversation_start(assistant=assistant, owner=ada)
     _, answer = message_send(conversation=conversation, content="Hello")  # the answer PROTECTs version 1
     url = reverse("assistants:delete", args=[assistant.slug])
@@ -198,8 +189,8 @@ def test_delete_asks_then_deletes_with_its_versions_and_conversations(ada_client
 # Object permissions
 
 
-def test_someone_elses_private_assistant_is_a_404_everywhere(bob_client, ada, chat_model):
-    assistant = _make(ada, chat_model, visibility=Visibility.LINK)
+def test_someone_elses_private_assistant_is_a_404_everywhere(bob_client, ada, stub_chat_model):
+    assistant = make_assistant(ada, base_model=stub_chat_model, visibility=Visibility.LINK)
     assistant.visibility = Visibility.PRIVATE  # private, yet with a token and an avatar to steal
     assistant.save()
     png = SimpleUploadedFile("a.png", _png_bytes(), content_type="image/png")
@@ -212,14 +203,14 @@ def test_someone_elses_private_assistant_is_a_404_everywhere(bob_client, ada, ch
 
     requests = [
         ("get", reverse("assistants:edit", args=[slug]), {}),
-        ("post", reverse("assistants:edit", args=[slug]), _form(chat_model, visibility=Visibility.PUBLIC)),
+        ("post", reverse("assistants:edit", args=[slug]), _form(stub_chat_model, visibility=Visibility.PUBLIC)),
         ("get", reverse("assistants:delete", args=[slug]), {}),
         ("post", reverse("assistants:delete", args=[slug]), {}),
         ("post", reverse("assistants:share_issue", args=[slug]), {}),
         ("post", reverse("assistants:share_revoke", args=[slug]), {}),
         ("get", reverse("assistants:avatar_image", args=[slug]), {}),
         ("post", reverse("assistants:avatar", args=[slug]), {"avatar": SimpleUploadedFile("b.png", _png_bytes())}),
-        ("post", reverse("assistants:preview", args=[slug]), {**_form(chat_model), "conversation": "[]"}),
+        ("post", reverse("assistants:preview", args=[slug]), {**_form(stub_chat_model), "conversation": "[]"}),
         ("post", reverse("assistants:report", args=[slug]), {"reason": "probing"}),
     ]
     for method, url, data in requests:
@@ -231,15 +222,15 @@ def test_someone_elses_private_assistant_is_a_404_everywhere(bob_client, ada, ch
     assert not AssistantReport.objects.exists()
 
 
-def test_public_assistant_is_still_not_editable_by_others(bob_client, ada, chat_model):
-    assistant = _make(ada, chat_model, visibility=Visibility.PUBLIC)
+def test_public_assistant_is_still_not_editable_by_others(bob_client, ada, stub_chat_model):
+    assistant = make_assistant(ada, base_model=stub_chat_model, visibility=Visibility.PUBLIC)
     assert bob_client.get(reverse("assistants:edit", args=[assistant.slug])).status_code == 404
     assert bob_client.post(reverse("assistants:delete", args=[assistant.slug])).status_code == 404
     assert Assistant.objects.filter(pk=assistant.pk).exists()
 
 
-def test_pages_need_a_login(ada, chat_model):
-    assistant = _make(ada, chat_model, visibility=Visibility.PUBLIC)
+def test_pages_need_a_login(ada, stub_chat_model):
+    assistant = make_assistant(ada, base_model=stub_chat_model, visibility=Visibility.PUBLIC)
     anonymous = Client()
     for url in [
         reverse("assistants:list"),
@@ -252,17 +243,17 @@ def test_pages_need_a_login(ada, chat_model):
         assert response.status_code == 302 and "/login" in response.url, url
 
 
-def test_writes_are_post_only(ada_client, ada, chat_model):
-    assistant = _make(ada, chat_model, visibility=Visibility.LINK)
+def test_writes_are_post_only(ada_client, ada, stub_chat_model):
+    assistant = make_assistant(ada, base_model=stub_chat_model, visibility=Visibility.LINK)
     for name in ["share_issue", "share_revoke", "avatar", "report", "preview"]:
         assert ada_client.get(reverse(f"assistants:{name}", args=[assistant.slug])).status_code == 405, name
 
 
-def test_csrf_is_enforced_on_edit(ada, chat_model):
-    assistant = _make(ada, chat_model)
+def test_csrf_is_enforced_on_edit(ada, stub_chat_model):
+    assistant = make_assistant(ada, base_model=stub_chat_model)
     client = Client(enforce_csrf_checks=True)
     client.force_login(ada)
-    response = client.post(reverse("assistants:edit", args=[assistant.slug]), _form(chat_model, name="Changed"))
+    response = client.post(reverse("assistants:edit", args=[assistant.slug]), _form(stub_chat_model, name="Changed"))
     assert response.status_code == 403
     assert assistant.versions.count() == 1
 
@@ -270,12 +261,20 @@ def test_csrf_is_enforced_on_edit(ada, chat_model):
 # Gallery and moderation
 
 
-def test_gallery_lists_only_listed_public_assistants_and_searches(bob_client, ada, chat_model):
-    public = _make(ada, chat_model, name="Public Poet", visibility=Visibility.PUBLIC, description="Sonnets on demand")
-    _make(ada, chat_model, name="Public Chef", visibility=Visibility.PUBLIC, description="Recipes")
-    _make(ada, chat_model, name="Private Diary", visibility=Visibility.PRIVATE)
-    _make(ada, chat_model, name="Linked Tutor", visibility=Visibility.LINK)
-    hidden = _make(ada, chat_model, name="Unlisted Troll", visibility=Visibility.PUBLIC)
+def test_gallery_lists_only_listed_public_assistants_and_searches(bob_client, ada, stub_chat_model):
+    public = make_assistant(
+        ada,
+        base_model=stub_chat_model,
+        name="Public Poet",
+        visibility=Visibility.PUBLIC,
+        description="Sonnets on demand",
+    )
+    make_assistant(
+        ada, base_model=stub_chat_model, name="Public Chef", visibility=Visibility.PUBLIC, description="Recipes"
+    )
+    make_assistant(ada, base_model=stub_chat_model, name="Private Diary", visibility=Visibility.PRIVATE)
+    make_assistant(ada, base_model=stub_chat_model, name="Linked Tutor", visibility=Visibility.LINK)
+    hidden = make_assistant(ada, base_model=stub_chat_model, name="Unlisted Troll", visibility=Visibility.PUBLIC)
     hidden.unlisted = True
     hidden.save()
 
@@ -291,8 +290,8 @@ def test_gallery_lists_only_listed_public_assistants_and_searches(bob_client, ad
     assert "Private Diary" not in content and "Nothing matches" in content
 
 
-def test_report_once_per_user_and_never_by_the_owner(ada_client, bob_client, ada, chat_model):
-    assistant = _make(ada, chat_model, visibility=Visibility.PUBLIC)
+def test_report_once_per_user_and_never_by_the_owner(ada_client, bob_client, ada, stub_chat_model):
+    assistant = make_assistant(ada, base_model=stub_chat_model, visibility=Visibility.PUBLIC)
     url = reverse("assistants:report", args=[assistant.slug])
 
     response = bob_client.post(url, {"reason": "It insults people."})
@@ -311,10 +310,26 @@ def test_report_once_per_user_and_never_by_the_owner(ada_client, bob_client, ada
     assert AssistantReport.objects.filter(assistant=assistant).count() == 1
 
 
-def test_admin_unlist_action_hides_from_gallery_and_reports_appear(bob_client, ada, bob, chat_model):
-    assistant = _make(ada, chat_model, name="Listed One", visibility=Visibility.PUBLIC)
+def test_the_admin_changes_visibility_through_the_service_so_going_private_ends_the_link(ada, stub_chat_model):
+    assistant = make_assistant(ada, base_model=stub_chat_model, name="Shared", visibility=Visibility.LINK)
+    old_token = assistant.share_token
+    admin_client = signed_in(User.objects.create_superuser(username="root", password="x"))
+    url = reverse("admin:assistants_assistant_change", args=[assistant.pk])
+    for visibility in (Visibility.PRIVATE, Visibility.LINK):
+        page = admin_client.get(url).content.decode()  # the form as the admin page sends it, inlines included
+        hidden = dict(re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)"', page))
+        response = admin_client.post(url, {**hidden, "visibility": visibility})
+        assert response.status_code == 302
+    assistant.refresh_from_db()
+    assert assistant.visibility == Visibility.LINK and assistant.share_token and assistant.share_token != old_token
+    assert not share_link_valid(assistant=assistant, token=old_token)
+    assert admin_client.get(reverse("admin:assistants_assistant_add")).status_code == 403
+
+
+def test_admin_unlist_action_hides_from_gallery_and_reports_appear(bob_client, ada, bob, stub_chat_model):
+    assistant = make_assistant(ada, base_model=stub_chat_model, name="Listed One", visibility=Visibility.PUBLIC)
     admin = User.objects.create_superuser(username="root", password="x")
-    admin_client = _client(admin)
+    admin_client = signed_in(admin)
     bob_client.post(reverse("assistants:report", args=[assistant.slug]), {"reason": "Spam"})
 
     reports = admin_client.get(reverse("admin:assistants_assistantreport_changelist"))
@@ -348,8 +363,8 @@ def test_admin_unlist_action_hides_from_gallery_and_reports_appear(bob_client, a
 # Avatars
 
 
-def test_avatar_is_reencoded_and_served_as_png(ada_client, bob_client, ada, chat_model, media_root):
-    assistant = _make(ada, chat_model, visibility=Visibility.PUBLIC)
+def test_avatar_is_reencoded_and_served_as_png(ada_client, bob_client, ada, stub_chat_model, media_root):
+    assistant = make_assistant(ada, base_model=stub_chat_model, visibility=Visibility.PUBLIC)
     original = _png_bytes()
     upload = SimpleUploadedFile("me.png", original, content_type="image/png")
     response = ada_client.post(reverse("assistants:avatar", args=[assistant.slug]), {"avatar": upload})
@@ -379,8 +394,8 @@ def test_avatar_is_reencoded_and_served_as_png(ada_client, bob_client, ada, chat
         ("notes.png", b"just some text, not an image", "image/png"),
     ],
 )
-def test_avatar_refuses_svg_and_non_images(ada_client, ada, chat_model, name, content, content_type):
-    assistant = _make(ada, chat_model)
+def test_avatar_refuses_svg_and_non_images(ada_client, ada, stub_chat_model, name, content, content_type):
+    assistant = make_assistant(ada, base_model=stub_chat_model)
     upload = SimpleUploadedFile(name, content, content_type=content_type)
     response = ada_client.post(reverse("assistants:avatar", args=[assistant.slug]), {"avatar": upload})
     assert response.status_code == 302 and any("not an image" in m for m in _messages(response))
@@ -388,8 +403,8 @@ def test_avatar_refuses_svg_and_non_images(ada_client, ada, chat_model, name, co
     assert assistant.avatar == ""
 
 
-def test_avatar_refuses_files_over_2mb(ada_client, ada, chat_model):
-    assistant = _make(ada, chat_model)
+def test_avatar_refuses_files_over_2mb(ada_client, ada, stub_chat_model):
+    assistant = make_assistant(ada, base_model=stub_chat_model)
     upload = SimpleUploadedFile("big.png", _png_bytes() + b"\0" * (2 * 1024 * 1024), content_type="image/png")
     response = ada_client.post(reverse("assistants:avatar", args=[assistant.slug]), {"avatar": upload})
     assert any("the limit is" in m for m in _messages(response))
@@ -397,10 +412,10 @@ def test_avatar_refuses_files_over_2mb(ada_client, ada, chat_model):
     assert assistant.avatar == ""
 
 
-def test_avatar_visibility_follows_the_assistant(bob_client, ada, chat_model, settings):
+def test_avatar_visibility_follows_the_assistant(bob_client, ada, stub_chat_model, settings):
     from apps.assistants.services import assistant_avatar_set
 
-    assistant = _make(ada, chat_model, visibility=Visibility.LINK)
+    assistant = make_assistant(ada, base_model=stub_chat_model, visibility=Visibility.LINK)
     assistant_avatar_set(assistant=assistant, upload=SimpleUploadedFile("a.png", _png_bytes()))
     url = reverse("assistants:avatar_image", args=[assistant.slug])
     assert bob_client.get(url).status_code == 404  # link-only, no token
@@ -413,16 +428,16 @@ def test_avatar_visibility_follows_the_assistant(bob_client, ada, chat_model, se
     assert Client().get(url, {"share": assistant.share_token}).status_code == 302
 
 
-def test_assistant_without_avatar_gets_a_letter_badge(ada_client, ada, chat_model):
-    _make(ada, chat_model, name="zed")
+def test_assistant_without_avatar_gets_a_letter_badge(ada_client, ada, stub_chat_model):
+    make_assistant(ada, base_model=stub_chat_model, name="zed")
     assert b'assistant-avatar-letter" aria-hidden="true">Z</span>' in ada_client.get(reverse("assistants:list")).content
 
 
 # Share links
 
 
-def test_share_issue_replaces_the_token_and_revoke_clears_it(ada_client, ada, chat_model):
-    assistant = _make(ada, chat_model, visibility=Visibility.LINK)
+def test_share_issue_replaces_the_token_and_revoke_clears_it(ada_client, ada, stub_chat_model):
+    assistant = make_assistant(ada, base_model=stub_chat_model, visibility=Visibility.LINK)
     old = assistant.share_token
     assert share_link_valid(assistant=assistant, token=old)
 
@@ -442,8 +457,8 @@ def test_share_issue_replaces_the_token_and_revoke_clears_it(ada_client, ada, ch
     assert assistant.share_token is None and assistant.share_expires_at is None
 
 
-def test_share_expiry_in_the_past_is_refused(ada_client, ada, chat_model):
-    assistant = _make(ada, chat_model, visibility=Visibility.LINK)
+def test_share_expiry_in_the_past_is_refused(ada_client, ada, stub_chat_model):
+    assistant = make_assistant(ada, base_model=stub_chat_model, visibility=Visibility.LINK)
     token = assistant.share_token
     past = (timezone.localtime() - timedelta(days=1)).strftime("%Y-%m-%dT%H:%M")
     response = ada_client.post(reverse("assistants:share_issue", args=[assistant.slug]), {"expires_at": past})
@@ -452,26 +467,26 @@ def test_share_expiry_in_the_past_is_refused(ada_client, ada, chat_model):
     assert assistant.share_token == token and assistant.share_expires_at is None
 
 
-def test_private_assistant_gets_no_share_link(ada_client, ada, chat_model):
-    assistant = _make(ada, chat_model)
+def test_private_assistant_gets_no_share_link(ada_client, ada, stub_chat_model):
+    assistant = make_assistant(ada, base_model=stub_chat_model)
     response = ada_client.post(reverse("assistants:share_issue", args=[assistant.slug]))
     assert any("private" in m.lower() for m in _messages(response))
     assistant.refresh_from_db()
     assert assistant.share_token is None
 
 
-def test_update_to_link_visibility_issues_a_token(ada, chat_model):
-    assistant = _make(ada, chat_model)
-    config = AssistantConfig(name="Helper", base_model=chat_model)
+def test_update_to_link_visibility_issues_a_token(ada, stub_chat_model):
+    assistant = make_assistant(ada, base_model=stub_chat_model)
+    config = AssistantConfig(name="Helper", base_model=stub_chat_model)
     assistant_update(assistant=assistant, actor=ada, config=config, visibility=Visibility.LINK)
     assistant.refresh_from_db()
     assert assistant.share_token and assistant.versions.count() == 2
 
 
-def test_going_private_ends_the_link_for_good(ada, chat_model):
-    assistant = _make(ada, chat_model, visibility=Visibility.LINK)
+def test_going_private_ends_the_link_for_good(ada, stub_chat_model):
+    assistant = make_assistant(ada, base_model=stub_chat_model, visibility=Visibility.LINK)
     old = assistant.share_token
-    config = AssistantConfig(name="Helper", base_model=chat_model)
+    config = AssistantConfig(name="Helper", base_model=stub_chat_model)
     assistant_update(assistant=assistant, actor=ada, config=config, visibility=Visibility.PRIVATE)
     assistant_update(assistant=assistant, actor=ada, config=config, visibility=Visibility.LINK)
     assistant.refresh_from_db()
@@ -482,20 +497,12 @@ def test_going_private_ends_the_link_for_good(ada, chat_model):
 # Preview (its permission and input checks only; the stream needs the inference server)
 
 
-def test_preview_refuses_a_bad_conversation(ada_client, ada, chat_model):
-    assistant = _make(ada, chat_model)
+def test_preview_refuses_a_bad_conversation(ada_client, ada, stub_chat_model):
+    assistant = make_assistant(ada, base_model=stub_chat_model)
     url = reverse("assistants:preview", args=[assistant.slug])
-    response = ada_client.post(url, {**_form(chat_model), "conversation": "not json"})
+    response = ada_client.post(url, {**_form(stub_chat_model), "conversation": "not json"})
     assert response.status_code == 400 and "JSON" in response.json()["error"]
-    response = ada_client.post(url, {**_form(chat_model), "conversation": '[{"role": "system", "content": "x"}]'})
+    response = ada_client.post(url, {**_form(stub_chat_model), "conversation": '[{"role": "system", "content": "x"}]'})
     assert response.status_code == 400
-    response = ada_client.post(url, {**_form(chat_model, temperature="9"), "conversation": "[]"})
+    response = ada_client.post(url, {**_form(stub_chat_model, temperature="9"), "conversation": "[]"})
     assert response.status_code == 400 and "Fix the form" in response.json()["error"]
-
-
-def test_instructions_text_render_fills_placeholders():
-    from apps.chat.prompt import DEFAULT_INSTRUCTIONS, instructions_text_render
-
-    text = instructions_text_render(text="Hi {{user_name}}, it is {{date}}.", user_name="ada")
-    assert text == f"Hi ada, it is {timezone.localdate().isoformat()}."
-    assert instructions_text_render(text="  ", user_name="ada") == DEFAULT_INSTRUCTIONS

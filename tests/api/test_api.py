@@ -16,17 +16,16 @@ from django.test import Client
 from django.urls import reverse
 
 from apps.accounts.models import ApiKey
-from apps.accounts.services import api_key_authenticate, api_key_create, api_key_revoke, user_create
+from apps.accounts.services import api_key_authenticate, api_key_create, api_key_revoke
 from apps.api import services as api_services
 from apps.api.errors import ApiError
+from apps.assistants.engine import DEFAULT_INSTRUCTIONS, instructions_render
 from apps.assistants.models import Visibility
 from apps.assistants.selectors import chat_model_default
-from apps.assistants.services import AssistantConfig, assistant_create
-from apps.chat.prompt import DEFAULT_INSTRUCTIONS, instructions_render
 from apps.core.inference_client import InferenceBusy, InferenceRejected, InferenceUnavailable, inference_tokenize
+from tests.factories import make_assistant, make_user, signed_in
 
 pytestmark = pytest.mark.django_db
-PASSWORD = "correct horse battery staple"
 KEY_PATTERN = re.compile(r"atl_[A-Za-z0-9_-]{43}")
 INSTRUCTIONS = (
     "You are Quill, the archivist of the lighthouse museum in Brest. You answer {{user_name}} in one short "
@@ -37,21 +36,6 @@ INSTRUCTIONS = (
 def live(test):
     """A test against the real web server: its own process sees only committed rows."""
     return pytest.mark.slow(pytest.mark.django_db(transaction=True)(test))
-
-
-def make_user(name: str):
-    return user_create(username=name, email=f"{name}@example.com", password=PASSWORD)
-
-
-def make_assistant(owner, name: str, *, visibility=Visibility.PRIVATE, **config):
-    config = {"name": name, "base_model": chat_model_default(), "temperature": 0.0, "max_tokens": 8, **config}
-    return assistant_create(owner=owner, config=AssistantConfig(**config), visibility=visibility)
-
-
-def signed_in(user, **kwargs) -> Client:
-    client = Client(**kwargs)
-    client.force_login(user)
-    return client
 
 
 # --- keys: services, the settings page, the command ----------------------------------------------------
@@ -180,7 +164,7 @@ def test_an_unreachable_engine_is_a_503(settings):
     ],
 )
 def test_engine_refusals_map_to_openai_errors(engine_error, status, code):
-    """The engine's own refusals are tested against the real engine (tests/inference, test_inference_server);
+    """The engine's own refusals are tested against the real engine (tests/inference/test_engine.py and test_server.py);
     here only their translation, which must keep the engine's model names inside."""
     error = api_services.api_error_from_engine(engine_error)
     assert (error.status, error.code) == (status, code)
@@ -202,9 +186,9 @@ def world(web_server, models_ready):
         bea=bea,
         ada_key=ada_key,
         bea_key=bea_key,
-        ada_private=make_assistant(ada, "Quill", instructions=INSTRUCTIONS),
-        ada_public=make_assistant(ada, "Ada Public", visibility=Visibility.PUBLIC),
-        bea_private=make_assistant(bea, "Bea Secret"),
+        ada_private=make_assistant(ada, name="Quill", instructions=INSTRUCTIONS, max_tokens=8),
+        ada_public=make_assistant(ada, name="Ada Public", visibility=Visibility.PUBLIC, max_tokens=8),
+        bea_private=make_assistant(bea, name="Bea Secret", max_tokens=8),
     )
 
 
@@ -238,7 +222,7 @@ def test_chat_completion_applies_the_assistant_server_side(world):
 
     # The engine saw exactly the rendered instructions (with the user's name), then the question.
     version = world.ada_private.current_version
-    instructions = {"role": "system", "content": instructions_render(version=version, user_name="ada")}
+    instructions = {"role": "system", "content": instructions_render(text=version.instructions, user_name="ada")}
     assert "answer ada in one" in instructions["content"]
     assert completion.usage.prompt_tokens == prompt_tokens([instructions, question])
     default = {"role": "system", "content": DEFAULT_INSTRUCTIONS}  # what an assistant without instructions sends
@@ -359,3 +343,31 @@ def test_malformed_requests_are_400s_in_openai_shape(world):
             model=slug, messages=[{"role": "user", "content": "lighthouse " * 1200}], max_tokens=2
         )
     assert caught.value.code == "context_length_exceeded"
+
+
+@live
+def test_a_conversation_longer_than_the_window_loses_its_oldest_turns_as_in_chat(world):
+    client = api(world, world.ada_key)
+    messages = []
+    for i in range(8):
+        messages += [
+            {"role": "user", "content": f"Question {i}: " + "lorem ipsum " * 40},
+            {"role": "assistant", "content": f"Answer {i}: " + "dolor sit amet " * 40},
+        ]
+    messages.append({"role": "user", "content": "And the last question?"})
+    assert prompt_tokens(messages) > 1024  # the test engine's window
+
+    raw = client.chat.completions.with_raw_response.create(model=world.ada_private.slug, messages=messages)
+    dropped = int(raw.headers["X-Atelier-Turns-Dropped"])
+    completion = raw.parse()
+    assert 0 < dropped < len(messages) and messages[dropped]["role"] == "user"
+    instructions = {"role": "system", "content": instructions_render(text=INSTRUCTIONS, user_name="ada")}
+    assert completion.usage.prompt_tokens == prompt_tokens([instructions, *messages[dropped:]])
+    assert completion.usage.prompt_tokens + 8 <= 1024
+
+    with client.chat.completions.with_streaming_response.create(
+        model=world.ada_private.slug, messages=messages, stream=True
+    ) as streamed:
+        assert int(streamed.headers["X-Atelier-Turns-Dropped"]) == dropped
+    short = client.chat.completions.with_raw_response.create(model=world.ada_private.slug, messages=messages[-1:])
+    assert short.headers["X-Atelier-Turns-Dropped"] == "0"

@@ -11,9 +11,8 @@ import openai
 import pytest
 import torch
 
-from inference.server import CHAT_MODEL, EMBEDDING_MODEL
+from inference.routes import CHAT_MODEL, EMBEDDING_MODEL
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.django_db  # the registry rows say where the built models are
 SYSTEM = {"role": "system", "content": "You are a helpful assistant."}
 
@@ -47,6 +46,19 @@ def test_tokenize_counts_the_chat_template_and_knows_its_models(server):
     assert "Hello" in "".join(result["token_strs"]) and result["max_model_len"] > result["count"]
     unknown = httpx.post(f"{server}/tokenize", json={**body, "model": "no-such-model"})
     assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "model_not_found"
+
+
+def test_tokenize_counts_several_conversations_in_one_call(server):
+    first = [{"role": "user", "content": "Hello"}]
+    second = [SYSTEM, {"role": "user", "content": "What is the capital of France?"}]
+    batch = httpx.post(f"{server}/tokenize", json={"model": CHAT_MODEL, "conversations": [first, second]}).json()
+    singles = [
+        httpx.post(f"{server}/tokenize", json={"model": CHAT_MODEL, "messages": m}).json()["count"]
+        for m in (first, second)
+    ]
+    assert batch["counts"] == singles and batch["max_model_len"] > 0
+    both = httpx.post(f"{server}/tokenize", json={"model": CHAT_MODEL, "prompt": "x", "conversations": [first]})
+    assert both.status_code == 400 and set(both.json()["error"]) == {"message", "type", "param", "code"}
 
 
 def test_the_real_model_knows_the_capital_of_france(client):

@@ -14,38 +14,16 @@ import pytest
 from django.test import Client
 from django.urls import reverse
 
-from apps.accounts.services import user_create
+from apps.assistants.engine import ContextTooSmall
 from apps.assistants.models import Visibility
-from apps.assistants.selectors import chat_model_default
-from apps.assistants.services import AssistantConfig, assistant_create, share_link_issue, share_link_revoke
+from apps.assistants.services import share_link_issue, share_link_revoke
 from apps.chat import services
-from apps.chat.generation import reply_generate
+from apps.chat.generation import replies_fail_abandoned, reply_engine_request, reply_generate
 from apps.chat.models import Conversation, Message
-from apps.chat.prompt import ContextTooSmall, prompt_build
-from apps.chat.selectors import conversation_thread
+from apps.chat.selectors import conversation_thread, message_ancestors
+from tests.factories import make_assistant, make_user, signed_in
 
 pytestmark = pytest.mark.django_db
-PASSWORD = "correct horse battery staple"
-
-
-@pytest.fixture
-def chat_model(models_ready):
-    return chat_model_default()
-
-
-def make_user(name: str):
-    return user_create(username=name, email=f"{name}@example.com", password=PASSWORD)
-
-
-def make_assistant(owner, *, visibility=Visibility.PRIVATE, **config):
-    config = {"name": "Helper", "base_model": chat_model_default(), "max_tokens": 24, "temperature": 0.0, **config}
-    return assistant_create(owner=owner, config=AssistantConfig(**config), visibility=visibility)
-
-
-def signed_in(user) -> Client:
-    client = Client()
-    client.force_login(user)
-    return client
 
 
 def finish(reply: Message, content: str = "An answer.") -> Message:
@@ -68,7 +46,7 @@ def wait_until_finished(reply: Message, timeout: float = 120) -> Message:
 # --- the message tree --------------------------------------------------------------------------------
 
 
-def test_edits_and_regenerations_become_branches_and_the_old_ones_stay(chat_model):
+def test_edits_and_regenerations_become_branches_and_the_old_ones_stay(models_ready):
     owner = make_user("ada")
     conversation = services.conversation_start(assistant=make_assistant(owner), owner=owner)
     question, reply = services.message_send(conversation=conversation, content="  What is a tensor?  ")
@@ -91,7 +69,7 @@ def test_edits_and_regenerations_become_branches_and_the_old_ones_stay(chat_mode
     assert conversation.title == "What is a tensor?"
 
 
-def test_an_empty_or_huge_message_is_refused_and_stopping_a_queued_answer_keeps_the_question(chat_model):
+def test_an_empty_or_huge_message_is_refused_and_stopping_a_queued_answer_keeps_the_question(models_ready):
     owner = make_user("ada")
     conversation = services.conversation_start(assistant=make_assistant(owner), owner=owner)
     with pytest.raises(services.ChatError, match="empty"):
@@ -102,11 +80,11 @@ def test_an_empty_or_huge_message_is_refused_and_stopping_a_queued_answer_keeps_
     services.reply_stop(message=reply)
     reply.refresh_from_db()
     assert reply.status == Message.Status.STOPPED
-    assert reply_generate(message_id=str(reply.pk)) == "skipped"  # the worker finds it already ended
+    assert reply_generate(message_id=str(reply.pk)).status == "skipped"  # the worker finds it already ended
     assert Message.objects.get(pk=question.pk).content == "Hello"
 
 
-def test_the_json_export_holds_every_branch_and_markdown_the_one_on_screen(chat_model):
+def test_the_json_export_holds_every_branch_and_markdown_the_one_on_screen(models_ready):
     owner = make_user("ada")
     conversation = services.conversation_start(assistant=make_assistant(owner), owner=owner)
     question, reply = services.message_send(conversation=conversation, content="First question")
@@ -121,7 +99,7 @@ def test_the_json_export_holds_every_branch_and_markdown_the_one_on_screen(chat_
     assert markdown.count("First question") == 1  # only as the title: the first branch is not on screen
 
 
-def test_search_finds_conversations_by_title_and_by_message_text(chat_model):
+def test_search_finds_conversations_by_title_and_by_message_text(models_ready):
     owner = make_user("ada")
     assistant = make_assistant(owner)
     for text in ("Tell me about otters", "Photosynthesis, briefly"):
@@ -138,7 +116,7 @@ def test_search_finds_conversations_by_title_and_by_message_text(chat_model):
 # --- permissions -------------------------------------------------------------------------------------
 
 
-def test_another_user_cannot_touch_a_conversation_by_id(chat_model):
+def test_another_user_cannot_touch_a_conversation_by_id(models_ready):
     owner, intruder = make_user("ada"), make_user("mallory")
     conversation = services.conversation_start(assistant=make_assistant(owner), owner=owner)
     question, reply = services.message_send(conversation=conversation, content="My secret plans")
@@ -173,7 +151,7 @@ def test_another_user_cannot_touch_a_conversation_by_id(chat_model):
     assert conversation.messages.count() == 2
 
 
-def test_forms_need_the_csrf_token(chat_model):
+def test_forms_need_the_csrf_token(models_ready):
     owner = make_user("ada")
     conversation = services.conversation_start(assistant=make_assistant(owner), owner=owner)
     _, reply = services.message_send(conversation=conversation, content="Hi")
@@ -194,7 +172,7 @@ def test_forms_need_the_csrf_token(chat_model):
     assert Conversation.objects.filter(pk=c).exists()
 
 
-def test_a_share_link_lets_a_visitor_chat_until_it_is_revoked_or_expires(chat_model, settings):
+def test_a_share_link_lets_a_visitor_chat_until_it_is_revoked_or_expires(models_ready, settings):
     owner = make_user("ada")
     assistant = make_assistant(owner, visibility=Visibility.LINK, instructions="SECRET-INSTRUCTIONS")
     token = assistant.share_token
@@ -231,7 +209,7 @@ def test_a_share_link_lets_a_visitor_chat_until_it_is_revoked_or_expires(chat_mo
     assert signed_in(make_user("bob")).get(reverse("chat:share", args=[fresh])).status_code == 200
 
 
-def test_anonymous_visitors_are_rate_limited_per_address(chat_model, settings):
+def test_anonymous_visitors_are_rate_limited_per_address(models_ready, settings):
     settings.ATELIER_ANONYMOUS_MESSAGES_PER_HOUR = 2
     owner = make_user("ada")
     assistant = make_assistant(owner, visibility=Visibility.LINK)
@@ -245,7 +223,7 @@ def test_anonymous_visitors_are_rate_limited_per_address(chat_model, settings):
     assert Message.objects.filter(role="user").count() == 2
 
 
-def test_a_snapshot_shows_the_branch_as_it_was_read_only(chat_model):
+def test_a_snapshot_shows_the_branch_as_it_was_read_only(models_ready):
     owner = make_user("ada")
     conversation = services.conversation_start(assistant=make_assistant(owner), owner=owner)
     _, reply = services.message_send(conversation=conversation, content="Before sharing")
@@ -263,7 +241,7 @@ def test_a_snapshot_shows_the_branch_as_it_was_read_only(chat_model):
 # --- generation with the real model ------------------------------------------------------------------
 
 
-def test_context_budget_drops_the_oldest_turns_and_refuses_a_message_that_cannot_fit(chat_model, inference_server):
+def test_context_budget_drops_the_oldest_turns_saves_counts_and_refuses_what_cannot_fit(models_ready, inference_server):
     owner = make_user("ada")
     assistant = make_assistant(owner, max_tokens=200)
     conversation = services.conversation_start(assistant=assistant, owner=owner)
@@ -271,33 +249,28 @@ def test_context_budget_drops_the_oldest_turns_and_refuses_a_message_that_cannot
         _, reply = services.message_send(conversation=conversation, content=f"Question {i}: " + "lorem ipsum " * 40)
         finish(reply, f"Answer {i}: " + "dolor sit amet " * 40)
     _, reply = services.message_send(conversation=conversation, content="And the last question?")
-    conversation.refresh_from_db()
-    history = [e.message for e in conversation_thread(conversation=conversation)][:-1]
-    plan = prompt_build(version=assistant.current_version, history=history, user_name="ada")
-    report = plan.report
-    assert report["window"] == 1024 and report["reserved"] == 200
-    assert report["turns_dropped"] > 0 and report["turns_included"] + report["turns_dropped"] == len(history)
-    assert report["prompt"] + report["reserved"] <= report["window"]
-    assert plan.messages[-1]["content"] == "And the last question?"
-    assert plan.messages[1]["role"] == "user"  # history never opens with an orphaned answer
-    saved = Message.objects.filter(pk__in=[m.pk for m in history]).values_list("token_count", flat=True)
-    assert None not in saved and all(saved)  # counted once, stored for the next answer
+    history = message_ancestors(message=reply)[:-1]
+    request = reply_engine_request(reply=reply, history=history)
+    assert request.turns_dropped > 0 and request.report["prompt"] + 200 <= request.report["window"]
+    assert request.body["messages"][-1]["content"] == "And the last question?"
+    saved = dict(Message.objects.filter(pk__in=[m.pk for m in history]).values_list("pk", "token_count"))
+    assert [saved[m.pk] for m in history] == request.token_counts  # counted once, kept for the next answer
 
     huge = services.conversation_start(assistant=assistant, owner=owner)
     _, reply = services.message_send(conversation=huge, content="word " * 3000)
     with pytest.raises(ContextTooSmall, match="context window"):
-        prompt_build(version=assistant.current_version, history=[reply.parent], user_name="ada")
-    assert reply_generate(message_id=str(reply.pk)) == Message.Status.ERROR
+        reply_engine_request(reply=reply, history=[reply.parent])
+    assert reply_generate(message_id=str(reply.pk)).status == Message.Status.ERROR
     reply.refresh_from_db()
     assert "context window" in reply.error and Message.objects.get(pk=reply.parent_id).content.startswith("word")
 
 
-def test_an_answer_when_the_engine_is_down_fails_clearly_and_keeps_the_question(chat_model, settings):
+def test_an_answer_when_the_engine_is_down_fails_clearly_and_keeps_the_question(models_ready, settings):
     settings.INFERENCE_URL = "http://127.0.0.1:9"  # nothing listens there
     owner = make_user("ada")
     conversation = services.conversation_start(assistant=make_assistant(owner), owner=owner)
     _, reply = services.message_send(conversation=conversation, content="Anyone there?")
-    assert reply_generate(message_id=str(reply.pk)) == Message.Status.ERROR
+    assert reply_generate(message_id=str(reply.pk)).status == Message.Status.ERROR
     reply.refresh_from_db()
     assert "not reachable" in reply.error
     page = signed_in(owner).get(reverse("chat:conversation", args=[conversation.pk])).content.decode()
@@ -306,7 +279,7 @@ def test_an_answer_when_the_engine_is_down_fails_clearly_and_keeps_the_question(
 
 @pytest.mark.slow
 @pytest.mark.django_db(transaction=True)
-def test_the_worker_answers_with_the_real_model_and_viewers_follow_it_live(chat_model, web_server):
+def test_the_worker_answers_with_the_real_model_and_viewers_follow_it_live(models_ready, web_server):
     owner = make_user("ada")
     assistant = make_assistant(owner, instructions="You are a geography teacher. Today is {{date}}.", max_tokens=40)
     conversation = services.conversation_start(assistant=assistant, owner=owner)
@@ -346,7 +319,7 @@ def test_the_worker_answers_with_the_real_model_and_viewers_follow_it_live(chat_
 
 @pytest.mark.slow
 @pytest.mark.django_db(transaction=True)
-def test_stop_keeps_the_partial_answer(chat_model, celery_worker_process):
+def test_stop_keeps_the_partial_answer(models_ready, celery_worker_process):
     owner = make_user("ada")
     assistant = make_assistant(owner, max_tokens=400, temperature=0.7)
     conversation = services.conversation_start(assistant=assistant, owner=owner)
@@ -361,22 +334,33 @@ def test_stop_keeps_the_partial_answer(chat_model, celery_worker_process):
     assert len(reply.content) >= 20 and len(reply.tokens) < 400
 
 
-def test_an_answer_whose_worker_vanished_is_marked_failed_and_can_be_retried(chat_model):
+def test_an_answer_whose_worker_vanished_is_failed_by_the_periodic_task_not_by_a_page_view(models_ready):
     owner = make_user("ada")
     conversation = services.conversation_start(assistant=make_assistant(owner), owner=owner)
     _, reply = services.message_send(conversation=conversation, content="Hello")
+    _, fresh = services.message_send(
+        conversation=services.conversation_start(assistant=conversation.assistant, owner=owner), content="Hi"
+    )
     from django.utils import timezone
 
     Message.objects.filter(pk=reply.pk).update(
         status=Message.Status.STREAMING, content="Half an ans", updated_at=timezone.now() - timedelta(seconds=151)
     )
-    page = signed_in(owner).get(reverse("chat:conversation", args=[conversation.pk])).content.decode()
+    Message.objects.filter(pk=fresh.pk).update(status=Message.Status.STREAMING, updated_at=timezone.now())
+    client = signed_in(owner)
+    client.get(reverse("chat:conversation", args=[conversation.pk]))
+    reply.refresh_from_db()
+    assert reply.status == Message.Status.STREAMING  # a GET writes nothing
+
+    assert replies_fail_abandoned() == 1
     reply.refresh_from_db()
     assert reply.status == Message.Status.ERROR and reply.content == "Half an ans"
+    assert Message.objects.get(pk=fresh.pk).status == Message.Status.STREAMING  # still within its time
+    page = client.get(reverse("chat:conversation", args=[conversation.pk])).content.decode()
     assert "worker stopped" in page and "Retry" in page
 
 
-def test_the_playground_tokenizes_and_continues_raw_text(chat_model, inference_server):
+def test_the_playground_tokenizes_and_continues_raw_text(models_ready, inference_server):
     client = signed_in(make_user("ada"))
     page = client.post(reverse("chat:playground"), {"action": "tokenize", "text": "Hello world"}).content.decode()
     assert "2 tokens" in page and "19556" in page  # SmolLM2's id for "Hello"
@@ -392,7 +376,7 @@ def test_the_playground_tokenizes_and_continues_raw_text(chat_model, inference_s
 @pytest.mark.slow
 @pytest.mark.django_db(transaction=True)
 def test_a_worker_killed_mid_answer_leaves_the_text_and_the_answer_can_be_retried(
-    chat_model, celery_worker_process, inference_server, settings
+    models_ready, celery_worker_process, inference_server
 ):
     """kill -9 a real worker while it streams: the text so far stays, the answer is marked failed once
     it has been silent too long, and Retry (on the surviving worker) writes a complete answer."""
@@ -425,15 +409,19 @@ def test_a_worker_killed_mid_answer_leaves_the_text_and_the_answer_can_be_retrie
     doomed.refresh_from_db()
     assert doomed.status == Message.Status.STREAMING and len(doomed.content) >= 30  # kept, not lost
 
-    settings.CHAT_ANSWER_ABANDONED_AFTER_SECONDS = 2
+    # The periodic task (beat sends it) runs in a real worker, here one that calls 2 s of silence too long.
+    from apps.chat.tasks import replies_fail_abandoned_task
+
     time.sleep(2.5)
+    queue = f"abandoned-{os.getpid()}"
+    with celery_worker(queue, queues=(queue,), env={"CHAT_ANSWER_ABANDONED_AFTER_SECONDS": "2"}):
+        assert replies_fail_abandoned_task.apply_async(queue=queue).get(timeout=60) == 1
     client = signed_in(owner)
     page = client.get(reverse("chat:conversation", args=[conversation.pk])).content.decode()
     doomed.refresh_from_db()
     assert doomed.status == Message.Status.ERROR and "worker stopped" in page and "Retry" in page
     assert len(doomed.content) >= 30
 
-    settings.CHAT_ANSWER_ABANDONED_AFTER_SECONDS = 150
     client.post(reverse("chat:regenerate", args=[doomed.pk]))
     retried = Message.objects.exclude(pk=doomed.pk).get(conversation=conversation, role="assistant")
     retried = wait_until_finished(retried, timeout=180)
@@ -441,7 +429,7 @@ def test_a_worker_killed_mid_answer_leaves_the_text_and_the_answer_can_be_retrie
     assert Message.objects.get(pk=doomed.pk).status == Message.Status.ERROR  # the old branch stays as it was
 
 
-def test_a_refused_first_message_leaves_no_empty_conversation(chat_model):
+def test_a_refused_first_message_leaves_no_empty_conversation(models_ready):
     owner = make_user("ada")
     assistant = make_assistant(owner)
     page = signed_in(owner).post(reverse("chat:start", args=[assistant.slug]), {"content": "   "})
