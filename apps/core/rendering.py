@@ -6,7 +6,7 @@ Model output is untrusted: a prompt injection in a document, a shared assistant'
 fine-tune can make the model write whatever it likes. The threats, and the step that answers each:
 
 1. Invisible Unicode (tag characters that smuggle instructions, bidi controls that reorder what is shown,
-   zero-width characters that split `java​script:`): `unicode_clean` removes them and logs a decoded
+   zero-width characters that split `javascript:` invisibly): `unicode_clean` removes them and logs a decoded
    tag-character message; first from the source, then from each token's text, since markdown-it decodes
    entities (`&#x202E;`) after the first pass. Not from the HTML itself: NFC there would fuse `>` and a
    following U+0338 into `≯` and break the markup.
