@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import environ
+from csp.constants import NONCE, NONE, SELF
 
 from config import embedded
 
@@ -25,6 +26,7 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    "csp",
     "apps.core",
     "apps.accounts",
     "apps.registry",
@@ -36,9 +38,11 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "csp.middleware.CSPMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
+    "apps.core.middleware.SameOriginNullOriginMiddleware",  # form posts under Referrer-Policy: no-referrer
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
@@ -150,10 +154,37 @@ STATIC_ROOT = None  # whitenoise serves straight from the finders; production co
 WHITENOISE_USE_FINDERS = True
 MEDIA_URL = "media/"
 
-SESSION_COOKIE_HTTPONLY = True
-X_FRAME_OPTIONS = "DENY"
+# --- Untrusted text (model output, documents): see apps/core/rendering.py ---------------------------
+# Links per rendered answer; the rest stay text. Enough for a list of sources, too few to hide one among many.
+ATELIER_RENDER_MAX_LINKS = env.int("ATELIER_RENDER_MAX_LINKS", default=25)
+
+# --- Security headers and cookies ---------------------------------------------------------------------
+# The Content-Security-Policy (django-csp) is the backstop if untrusted text ever got past the renderer:
+# nothing loads from or connects to another origin, no inline script runs without the per-request nonce (no
+# page uses one today; `nonce="{{ request.csp_nonce }}"` is the one way to add an inline script), no inline
+# style or style attribute applies, and the site cannot be framed. Every page, Django's admin included, works
+# under it: tests/test_browser_flow.py walks them in Chromium and fails on any violation.
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": [SELF],
+        "script-src": [SELF, NONCE],
+        "style-src": [SELF],
+        "img-src": [SELF, "data:"],
+        "connect-src": [SELF],
+        "frame-src": [NONE],
+        "object-src": [NONE],
+        "base-uri": [NONE],
+        "form-action": [SELF],
+        "frame-ancestors": [NONE],
+    }
+}
+SECURE_REFERRER_POLICY = "no-referrer"  # links out of the site leak nothing, not even the origin
 SECURE_CONTENT_TYPE_NOSNIFF = True
-SECURE_REFERRER_POLICY = "same-origin"
+X_FRAME_OPTIONS = "DENY"
+SESSION_COOKIE_HTTPONLY = True
+SESSION_COOKIE_SAMESITE = "Lax"  # Strict would sign out a visitor arriving by a share link from elsewhere
+CSRF_COOKIE_HTTPONLY = True  # scripts take the token from the page, never from the cookie
+CSRF_COOKIE_SAMESITE = "Lax"
 
 LOGGING = {
     "version": 1,
