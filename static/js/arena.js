@@ -68,7 +68,7 @@
         indexAxis: "y",
         maintainAspectRatio: false,
         animation: false,
-        scales: { x: { title: { display: true, text: "Rating" } } }
+        scales: { x: { beginAtZero: false, title: { display: true, text: "Rating" } } }
       }
     });
   }
