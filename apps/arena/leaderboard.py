@@ -14,13 +14,18 @@ key: the first vote sets it and queues the task a moment later; votes arriving m
 and queue nothing; the task clears the key before it reads the votes, so a vote landing during a
 refresh queues the next one. The public refresh also re-runs the outlier test (apps.arena.hygiene).
 Its cost at 50 versions and 100,000 votes is bench/ratings.py's: about 2 s alone, 5 s with the cores
-shared (bench/results_ratings.md); the page itself reads one row (bench/arena.py).
+shared (bench/results_ratings.md). Against the real database (bench/arena.py, bench/results_arena.md, on
+the shared 2-core machine at load ~6) the whole refresh, reading the votes included, took 5–6 s; it also
+renders the board into the cache (the head-to-head matrix is up to versions² cells), so a page load reads
+one row and serves the board from the cache in ~22 ms, the first reader after a refresh too. Fetching
+every vote as JSON and computing Elo from it, as Open WebUI's page does, took ~4 s before any browser work.
 """
 
 from collections import defaultdict
 
 from django.conf import settings
 from django.db import transaction
+from django.template.loader import render_to_string
 from django.utils import timezone
 
 from apps.arena.hygiene import voter_agreements
@@ -83,17 +88,18 @@ def leaderboard_compute(*, mode: str, owner=None) -> dict:
                 "elo": round(elo[str(version_id)], 1),
                 **counts,
                 "win_rate": round((counts["wins"] + 0.5 * counts["ties"]) / counts["votes"], 3),
+                "win_percent": round(100 * (counts["wins"] + 0.5 * counts["ties"]) / counts["votes"]),
             }
         )
     rows.sort(key=lambda row: (row["rank"] is None, row["rank"] or 0, -row["rating"]))
     ranked_rows = [row for row in rows if row["rank"] is not None]
     matrix = [
-        [
-            None
-            if (cell := head_to_head.get((row["version_id"], column["version_id"]))) is None
-            else {"rate": round(cell[0] / cell[1], 3), "votes": cell[1]}
-            for column in ranked_rows
-        ]
+        {
+            "label": row["label"],
+            "cells": [
+                _matrix_cell(head_to_head.get((row["version_id"], column["version_id"]))) for column in ranked_rows
+            ],
+        }
         for row in ranked_rows
     ]
     return {
@@ -102,8 +108,34 @@ def leaderboard_compute(*, mode: str, owner=None) -> dict:
         "l2": l2,
         "rounds": rounds,
         "rows": rows,
-        "matrix": {"labels": [row["label"] for row in ranked_rows], "cells": matrix},
+        "matrix": {"labels": [row["label"] for row in ranked_rows], "rows": matrix},
     }
+
+
+def _matrix_cell(score_and_votes: list[float] | None) -> dict | None:
+    """The row's win rate against the column, ready to show: percent, and a shade class 0–10."""
+    if score_and_votes is None:
+        return None
+    rate = score_and_votes[0] / score_and_votes[1]
+    return {
+        "rate": round(rate, 3),
+        "percent": round(100 * rate),
+        "shade": round(10 * rate),
+        "votes": score_and_votes[1],
+    }
+
+
+def leaderboard_context(snapshot: LeaderboardSnapshot | None) -> dict:
+    """What the board's template needs: the snapshot (rows and matrix come ready to show) and the chart."""
+    if snapshot is None:
+        return {"board": None}
+    rows = snapshot.payload["rows"]
+    chart = {
+        "labels": [row["label"] for row in rows],
+        "intervals": [[row["low"], row["high"]] for row in rows],
+        "ratings": [row["rating"] for row in rows],
+    }
+    return {"board": snapshot.payload, "snapshot": snapshot, "chart": chart}
 
 
 def leaderboard_refresh(*, mode: str, owner=None) -> LeaderboardSnapshot:
@@ -114,6 +146,8 @@ def leaderboard_refresh(*, mode: str, owner=None) -> LeaderboardSnapshot:
     snapshot, _ = LeaderboardSnapshot.objects.update_or_create(
         mode=mode, owner=owner, defaults={"computed_at": timezone.now(), "payload": payload}
     )
+    # Rendering the board puts it in the shared cache ({% cache %} keyed by the snapshot), so no reader waits.
+    render_to_string("arena/_board.html", leaderboard_context(snapshot))
     if mode == Mode.PUBLIC:
         voters_flag_outliers()
     return snapshot

@@ -15,6 +15,7 @@ from django.views.decorators.http import require_GET, require_POST
 from apps.accounts.permissions import role_check
 from apps.arena import services
 from apps.arena.generation import answer_done_event
+from apps.arena.leaderboard import leaderboard_context
 from apps.arena.models import BattleAnswer, Mode, Outcome
 from apps.arena.selectors import (
     arena_versions,
@@ -149,37 +150,10 @@ async def answer_events(request, answer_id):
     return sse_response(events())
 
 
-def _leaderboard_context(snapshot) -> dict:
-    if snapshot is None:
-        return {"board": None}
-    board = snapshot.payload
-    ranked = [row for row in board["rows"] if row["rank"] is not None]
-    matrix = [
-        {
-            "label": label,
-            "cells": [cell and {**cell, "shade": round(10 * cell["rate"])} for cell in board["matrix"]["cells"][i]],
-        }
-        for i, label in enumerate(board["matrix"]["labels"])
-    ]
-    chart = {
-        "labels": [row["label"] for row in board["rows"]],
-        "intervals": [[row["low"], row["high"]] for row in board["rows"]],
-        "ratings": [row["rating"] for row in board["rows"]],
-    }
-    return {
-        "board": board,
-        "computed_at": snapshot.computed_at,
-        "ranked": ranked,
-        "unranked": [row for row in board["rows"] if row["rank"] is None],
-        "matrix": matrix,
-        "chart": chart,
-    }
-
-
 @require_GET
 def leaderboard_public(request):
     """The public arena's board: readable by anyone, from the cached snapshot."""
-    context = {**_leaderboard_context(leaderboard_get(mode=Mode.PUBLIC)), "mode": Mode.PUBLIC, "nav_active": "arena"}
+    context = {**leaderboard_context(leaderboard_get(mode=Mode.PUBLIC)), "mode": Mode.PUBLIC, "nav_active": "arena"}
     return render(request, "arena/leaderboard.html", context)
 
 
@@ -187,7 +161,7 @@ def leaderboard_public(request):
 @require_GET
 def leaderboard_mine(request):
     snapshot = leaderboard_get(mode=Mode.PERSONAL, owner=request.user)
-    context = {**_leaderboard_context(snapshot), "mode": Mode.PERSONAL, "nav_active": "arena"}
+    context = {**leaderboard_context(snapshot), "mode": Mode.PERSONAL, "nav_active": "arena"}
     return render(request, "arena/leaderboard.html", context)
 
 

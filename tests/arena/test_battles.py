@@ -227,7 +227,9 @@ def test_the_leaderboard_is_computed_by_the_refresh_and_pages_only_read_it(pair,
         assert row["low"] <= row["rating"] <= row["high"] and row["votes"] == 6
         assert (row["wins"], row["losses"], row["ties"]) == (wins[row["version_id"]], 6 - wins[row["version_id"]], 0)
     assert board["rows"][0]["rank"] == 1 and board["rows"][0]["rating"] >= board["rows"][1]["rating"]
-    assert board["matrix"]["cells"][0][1]["votes"] == 6 and board["matrix"]["cells"][0][0] is None
+    cells = board["matrix"]["rows"][0]["cells"]
+    assert cells[0] is None and cells[1]["votes"] == 6
+    assert cells[1]["rate"] == pytest.approx((board["rows"][0]["wins"]) / 6, abs=1e-3)
     page = client.get(reverse("arena:leaderboard")).content.decode()  # anyone may read the public board
     chart = json.loads(re.search(r'<script id="arena-chart-data" type="application/json">(.*?)</script>', page)[1])
     assert chart["intervals"] == [[row["low"], row["high"]] for row in board["rows"]]
