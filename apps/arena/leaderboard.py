@@ -7,7 +7,8 @@ small `ARENA_BT_L2` prior so a version with a few one-sided votes stays finite),
 intervals (1 + the number of versions certainly better), its votes, wins, ties, losses and win rate
 (a tie counts half), and the online Elo (K=4, in vote order) as a secondary column. Every rated vote
 enters the fit, but only versions with at least `ARENA_MIN_VOTES` votes are ranked and shown in the
-head-to-head matrix; the others are listed as not yet ranked.
+head-to-head matrix; the others are listed as not yet ranked. The public board leaves out versions whose
+assistant is no longer public and listed (from its next refresh on).
 
 The refresh runs in a Celery task queued after a counted vote commits. It is debounced through a Redis
 key: the first vote sets it and queues the task a moment later; votes arriving meanwhile find the key
@@ -70,12 +71,14 @@ def leaderboard_compute(*, mode: str, owner=None) -> dict:
             head_to_head[(first, second)][1] += 1
 
     versions = AssistantVersion.objects.filter(pk__in=record).select_related("assistant").in_bulk()
-    ranked_ids = [v for v in record if record[v]["votes"] >= min_votes]
+    # The public board names only versions still public and listed; their votes inform the fit regardless.
+    shown = [v for v in record if mode == Mode.PERSONAL or versions[v].assistant.listed]
+    ranked_ids = [v for v in shown if record[v]["votes"] >= min_votes]
     ranks = ranks_from_intervals({str(v): intervals[str(v)] for v in ranked_ids})
     rows = []
-    for version_id, counts in record.items():
+    for version_id in shown:
+        counts, version = record[version_id], versions[version_id]
         low, rating, high = intervals[str(version_id)]
-        version = versions[version_id]
         rows.append(
             {
                 "version_id": version_id,

@@ -315,3 +315,57 @@ def test_a_voter_who_contradicts_the_crowd_is_flagged_and_ties_are_skipped(pair,
     assert [flag.user for flag in flags] == [contrarian]
     flag = VoterFlag.objects.get(user=contrarian)
     assert flag.votes_compared == 12 and flag.agreements == 0 and flag.p_value < 1e-3
+
+
+def test_the_index_starts_a_sampled_or_a_named_battle_through_the_form(pair):
+    voter = make_user("vera")
+    client = signed_in(voter)
+    page = client.get(reverse("arena:index")).content.decode()
+    assert 'name="mode" value="public"' in page and 'name="mode" value="personal"' in page
+    response = client.post(reverse("arena:create"), {"mode": Mode.PUBLIC, "prompt": "Name a colour."})
+    battle = Battle.objects.get(user=voter)
+    assert response.status_code == 302 and response.url == reverse("arena:battle", args=[battle.pk])
+    assert not battle.named
+    a, b = (assistant.current_version_id for assistant in pair)
+    client.post(reverse("arena:create"), {"mode": Mode.PUBLIC, "prompt": "Hi", "version_a": b, "version_b": a})
+    named = Battle.objects.get(user=voter, named=True)
+    assert (named.version_a_id, named.version_b_id) == (b, a)
+    response = client.post(
+        reverse("arena:create"), {"mode": Mode.PUBLIC, "prompt": "Hi", "version_a": a, "version_b": a}
+    )
+    assert Battle.objects.filter(user=voter).count() == 2  # a self-pair is refused
+
+
+def test_votes_queue_one_refresh_until_it_starts(pair):
+    from apps.arena.leaderboard import leaderboard_refresh_claim
+
+    assert leaderboard_refresh_claim(mode=Mode.PUBLIC, owner_id=None)
+    assert not leaderboard_refresh_claim(mode=Mode.PUBLIC, owner_id=None)  # already waiting: nothing queued
+    assert leaderboard_refresh_claim(mode=Mode.PERSONAL, owner_id=7)  # another board has its own
+    leaderboard_refresh(mode=Mode.PUBLIC)
+    assert leaderboard_refresh_claim(mode=Mode.PUBLIC, owner_id=None)  # the refresh started: the next vote queues
+
+
+def test_an_assistant_made_private_leaves_the_public_board_at_the_next_refresh(pair, settings):
+    from apps.assistants.services import assistant_visibility_set
+
+    settings.ARENA_BOOTSTRAP_ROUNDS = 20
+    _voted(make_user("vera"), Outcome.A, seed=0)
+    assert len(leaderboard_refresh(mode=Mode.PUBLIC).payload["rows"]) == 2
+    assistant_visibility_set(assistant=pair[1], visibility=Visibility.PRIVATE)
+    rows = leaderboard_refresh(mode=Mode.PUBLIC).payload["rows"]
+    assert [row["assistant"] for row in rows] == [pair[0].slug]
+
+
+def test_an_answer_whose_worker_vanished_is_failed_and_the_battle_can_be_voted_but_is_not_rated(pair, settings):
+    from apps.arena.generation import battle_answers_fail_abandoned
+
+    settings.CHAT_ANSWER_ABANDONED_AFTER_SECONDS = 0
+    voter = make_user("vera")
+    battle = _battle(voter)
+    BattleAnswer.objects.filter(turn__battle=battle, side="a").update(status="done", content="Blue.")
+    BattleAnswer.objects.filter(turn__battle=battle, side="b").update(status="streaming", content="Gre")
+    assert battle_answers_fail_abandoned() == 1
+    failed = BattleAnswer.objects.get(turn__battle=battle, side="b")
+    assert failed.status == "error" and failed.content == "Gre"
+    assert battle_vote(battle=battle, user=voter, outcome=Outcome.A).excluded_reason == Exclusion.ANSWER_FAILED
