@@ -369,3 +369,20 @@ def test_an_answer_whose_worker_vanished_is_failed_and_the_battle_can_be_voted_b
     failed = BattleAnswer.objects.get(turn__battle=battle, side="b")
     assert failed.status == "error" and failed.content == "Gre"
     assert battle_vote(battle=battle, user=voter, outcome=Outcome.A).excluded_reason == Exclusion.ANSWER_FAILED
+
+
+def test_my_arena_exports_as_json_lines_to_its_owner(pair):
+    owner = make_user("ada")
+    battle = battle_start(user=owner, mode=Mode.PERSONAL, prompt="Hi", rng=random.Random(0))
+    _answer(battle, "Hello there.", "Go away.")
+    battle_vote(battle=battle, user=owner, outcome=Outcome.A)
+    response = signed_in(owner).get(reverse("arena:export", args=["personal"]))
+    rows = [json.loads(line) for line in response.content.decode().splitlines()]
+    assert rows == [
+        {
+            "prompt": [{"role": "user", "content": "Hi"}],
+            "chosen": [{"role": "assistant", "content": "Hello there."}],
+            "rejected": [{"role": "assistant", "content": "Go away."}],
+        }
+    ]
+    assert signed_in(make_user("otto")).get(reverse("arena:export", args=["personal"])).content == b""
