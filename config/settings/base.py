@@ -34,6 +34,7 @@ INSTALLED_APPS = [
     "apps.assistants",
     "apps.chat",
     "apps.api",
+    "apps.arena",
 ]
 
 MIDDLEWARE = [
@@ -111,6 +112,7 @@ CELERY_TASK_ROUTES = {
 # Periodic tasks, sent by one `celery beat` process (make run starts it; compose has a `beat` service).
 CELERY_BEAT_SCHEDULE = {
     "chat-replies-fail-abandoned": {"task": "chat.replies_fail_abandoned", "schedule": 30.0},
+    "arena-answers-fail-abandoned": {"task": "arena.battle_answers_fail_abandoned", "schedule": 30.0},
 }
 
 # --- Inference engine (a separate process; see inference/) ---------------------------------------
@@ -123,6 +125,16 @@ ATELIER_ANONYMOUS_SHARING = env.bool("ATELIER_ANONYMOUS_SHARING", default=True)
 ATELIER_ANONYMOUS_MESSAGES_PER_HOUR = env.int("ATELIER_ANONYMOUS_MESSAGES_PER_HOUR", default=30)
 # An answer that saved nothing for this long lost its worker; it is marked failed and can be retried.
 CHAT_ANSWER_ABANDONED_AFTER_SECONDS = env.int("CHAT_ANSWER_ABANDONED_AFTER_SECONDS", default=150)
+
+# --- Arena ---------------------------------------------------------------------------------------
+ARENA_VOTES_PER_DAY = env.int("ARENA_VOTES_PER_DAY", default=200)  # votes over it are kept but not rated
+ARENA_MIN_VOTES = env.int("ARENA_MIN_VOTES", default=10)  # before a version is ranked
+ARENA_BT_L2 = env.float("ARENA_BT_L2", default=0.5)  # Bradley–Terry's weak prior (apps.arena.ratings)
+ARENA_BOOTSTRAP_ROUNDS = env.int("ARENA_BOOTSTRAP_ROUNDS", default=1000)
+ARENA_REFRESH_DELAY_SECONDS = env.float("ARENA_REFRESH_DELAY_SECONDS", default=2.0)  # votes batched per refit
+ARENA_REFRESH_LOCK_SECONDS = 120  # a lost refresh task frees its board after this
+ARENA_OUTLIER_MIN_VOTES = env.int("ARENA_OUTLIER_MIN_VOTES", default=10)
+ARENA_OUTLIER_ALPHA = env.float("ARENA_OUTLIER_ALPHA", default=0.001)
 
 # --- Knowledge -----------------------------------------------------------------------------------
 KNOWLEDGE_MAX_UPLOAD_MB = env.int("KNOWLEDGE_MAX_UPLOAD_MB", default=50)
