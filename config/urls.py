@@ -11,5 +11,6 @@ urlpatterns = [
     path("knowledge/", include("apps.knowledge.urls")),
     path("", include("apps.chat.urls")),
     path("api/v1/", include("apps.api.urls")),
+    path("arena/", include("apps.arena.urls")),
     path("", include("apps.core.urls")),
 ]

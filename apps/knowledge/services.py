@@ -15,6 +15,7 @@ import hashlib
 from django.core.files.base import ContentFile
 from django.db import IntegrityError, transaction
 
+from apps.core.unicode import unicode_clean
 from apps.knowledge.extraction import ExtractionError, document_format_detect, upload_size_check
 from apps.knowledge.models import Collection, Document, DocumentVersion
 from apps.knowledge.tasks import document_ingest_task
@@ -66,7 +67,11 @@ def document_upload(*, collection: Collection, filename: str, data: bytes) -> Do
     """Store an uploaded file and queue its ingestion. A new name makes a new document; changed bytes under a
     known name make a new version of it. Raises KnowledgeError for a file over the size limit, of a type
     Atelier does not read or whose content does not match its name, or whose bytes are already here."""
+    # The name is untrusted text shown on pages and in prompts: invisible and bidi characters go first.
+    filename = unicode_clean(filename, source="upload name").text
     filename = filename.replace("\\", "/").rsplit("/", 1)[-1].strip()[:255]
+    if not filename:
+        raise KnowledgeError("The file needs a name.")
     try:
         upload_size_check(size=len(data))
         document_format = document_format_detect(data=data, filename=filename)

@@ -13,7 +13,7 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.http import FileResponse, Http404, JsonResponse
 from django.shortcuts import redirect, render
-from django.utils.safestring import mark_safe
+from django.utils.safestring import SafeString, mark_safe
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
@@ -123,7 +123,7 @@ def collection_search(request, pk: int):
             )
         except InferenceError as error:
             messages.error(request, str(error))
-    rows = [{"chunk": r, "html": untrusted_markdown_render(r.text)} for r in results]
+    rows = [{"chunk": r, "html": _html(r.text)} for r in results]
     context = {"collection": collection, "form": form, "query": query, "rows": rows, **NAV}
     return render(request, "knowledge/search.html", context)
 
@@ -173,13 +173,18 @@ def document_delete(request, pk: int):
     return redirect("knowledge:collection", document.collection_id)
 
 
-def _highlighted(text: str, start: int | None, end: int | None) -> str:
+def _html(text: str) -> SafeString:
+    """Untrusted text as HTML, through the one renderer (whose output is safe by its contract)."""
+    return mark_safe(untrusted_markdown_render(text))  # noqa: S308 (the one sanitizer)
+
+
+def _highlighted(text: str, start: int | None, end: int | None) -> SafeString:
     """The text as HTML, the span [start, end) in a block with id "cited": each part through the one renderer."""
     if start is None or end is None or not 0 <= start < end <= len(text):
-        return untrusted_markdown_render(text)
+        return _html(text)
     before, cited, after = text[:start], text[start:end], text[end:]
-    marked = f'<div id="cited" class="source-cited">{untrusted_markdown_render(cited)}</div>'
-    return mark_safe(untrusted_markdown_render(before) + marked + untrusted_markdown_render(after))  # noqa: S308
+    marked = f'<div id="cited" class="source-cited">{_html(cited)}</div>'
+    return mark_safe(_html(before) + marked + _html(after))  # noqa: S308
 
 
 def _int(value) -> int | None:
@@ -209,7 +214,7 @@ def version_source(request, pk: int):
         "collection": version.document.collection,
         "text_html": _highlighted(version.text, start, end),
         "page": _page_of(version, start),
-        "hidden": version.hidden,
+        "hidden": [{**passage, "html": _html(passage.get("text", ""))} for passage in version.hidden],
         **NAV,
     }
     return render(request, "knowledge/source.html", context)
@@ -253,8 +258,6 @@ def cited_passage(request, message_id, n: int):
         "document_name": version.document.filename,
         "page": source.get("page"),
         "whole": whole,
-        "text_html": _highlighted(version.text, start, end)
-        if whole
-        else untrusted_markdown_render(version.text[start:end]),
+        "text_html": _highlighted(version.text, start, end) if whole else _html(version.text[start:end]),
     }
     return render(request, "knowledge/cited.html", context)
