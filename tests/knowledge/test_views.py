@@ -10,6 +10,7 @@ from lxml import html
 
 from apps.knowledge.models import Document, DocumentVersion
 from apps.knowledge.retrieval import chunks_search, readable_chunks
+from tests.core.test_security_headers import csp_check
 from tests.factories import make_assistant, make_user, signed_in
 from tests.knowledge.factories import ingested, make_collection
 
@@ -128,6 +129,13 @@ def test_the_owner_creates_uploads_follows_progress_and_searches(inference_serve
     source = client.get(link)
     cited = html.fromstring(source.content).cssselect("#cited")
     assert source.status_code == 200 and cited and "three minutes" in cited[0].text_content()
+
+    listing, detail = client.get(reverse("knowledge:collections")), client.get(page.request["PATH_INFO"])
+    for shown in (listing, detail, search, source):
+        csp_check(shown["Content-Security-Policy"])  # the strict policy, and pages that need nothing looser:
+        tree = html.fromstring(shown.content)
+        assert not tree.xpath("//*[@style]") and all(script.get("src") for script in tree.iter("script"))
+        assert not [name for el in tree.iter() for name in el.attrib if name.startswith("on")]
 
 
 def test_the_original_downloads_only_as_an_attachment_with_nosniff(inference_server):
