@@ -12,6 +12,9 @@ class ReadOnlyAdmin(admin.ModelAdmin):
     def has_change_permission(self, request, obj=None):
         return False
 
+    def has_delete_permission(self, request, obj=None):  # deletes remove stored files: the pages' services do
+        return False
+
 
 @admin.register(Collection)
 class CollectionAdmin(ReadOnlyAdmin):

@@ -67,3 +67,44 @@ def test_an_answer_that_writes_the_canary_is_withheld_and_recorded(models_ready,
     incident = CanaryIncident.objects.get()
     assert incident.message_id == reply.pk and "the" in incident.withheld_text
     assert incident.version_id == assistant.current_version_id
+
+
+def test_a_visitor_sees_only_the_cited_passage_unless_the_version_shares_documents(models_ready, inference_server):
+    from apps.assistants.models import Visibility
+    from apps.assistants.services import AssistantConfig, assistant_update
+
+    owner, visitor = make_user("ada"), make_user("bea")
+    collection = make_collection(owner)
+    version = ingested(collection, "kettle.md", KETTLE)
+    assistant = make_assistant(
+        owner, knowledge_collections=(collection,), knowledge_top_k=1, visibility=Visibility.PUBLIC
+    )
+
+    def visitors_view() -> tuple[str, list]:
+        conversation = services.conversation_start(assistant=assistant, owner=visitor)
+        _, reply = services.message_send(conversation=conversation, content=QUESTION)
+        reply_generate(message_id=str(reply.pk))
+        reply.refresh_from_db()
+        page = signed_in(visitor).get(reverse("knowledge:cited", args=[reply.pk, 1]))
+        tree = html.fromstring(page.content)
+        assert page.status_code == 200
+        return tree.cssselect(".knowledge-source")[0].text_content(), tree.cssselect("#cited")
+
+    chunk = version.chunks.get(
+        pk=chunks_search(collection_ids=[collection.pk], owner_id=owner.pk, query=QUESTION, top_k=1)[0].chunk_id
+    )
+    shown, marked = visitors_view()
+    assert shown.split() == chunk.text.split() and marked == []  # the passage alone
+    config = AssistantConfig(
+        name="Helper",
+        base_model=assistant.current_version.base_model,
+        knowledge_collections=(collection,),
+        knowledge_top_k=1,
+        knowledge_share_documents=True,
+        max_tokens=24,
+        temperature=0.0,
+    )
+    assistant_update(assistant=assistant, config=config, actor=owner, visibility=Visibility.PUBLIC)
+    assistant.refresh_from_db()
+    shown, marked = visitors_view()
+    assert shown.split() == version.text.split() and marked[0].text_content().split() == chunk.text.split()
