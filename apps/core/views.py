@@ -13,7 +13,6 @@ AREAS = {
     "knowledge": ("Knowledge", "member", "Upload documents your assistants retrieve from."),
     "finetunes": ("Fine-tunes", "member", "Train LoRA adapters on your preference data."),
     "arena": ("Arena", "member", "Compare assistants blind and rank them by Elo."),
-    "labeling": ("Labeling", "labeler", "Rank candidate outputs; rankings become preference data."),
 }
 
 

@@ -32,6 +32,7 @@ INSTALLED_APPS = [
     "apps.assistants",
     "apps.chat",
     "apps.api",
+    "apps.labeling",
 ]
 
 MIDDLEWARE = [
