@@ -134,11 +134,11 @@ def test_a_ranking_records_the_presented_order_guideline_version_and_time(make_s
     claim = task_claim_next(task_set=task_set, labeler=ann, now=now)
     assert sorted(claim.presented_order) == [0, 1, 2, 3]
     guideline_publish(task_set=task_set, text="Version two.", created_by=admin)
+    later = now + timedelta(seconds=42)
     with pytest.raises(PresentedOrderUnchanged):
-        ranking_submit(task=claim.task, labeler=ann, order=claim.presented_order, now=now + timedelta(seconds=42))
-    ranking = ranking_submit(
-        task=claim.task, labeler=ann, order=claim.presented_order, confirm_presented=True, now=now + timedelta(seconds=42)
-    )
+        ranking_submit(task=claim.task, labeler=ann, order=claim.presented_order, now=later)
+    shown = claim.presented_order
+    ranking = ranking_submit(task=claim.task, labeler=ann, order=shown, confirm_presented=True, now=later)
     assert ranking.presented_order == claim.presented_order
     assert ranking.guideline.version == 2
     assert ranking.seconds_spent == 42
