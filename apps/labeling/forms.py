@@ -19,7 +19,7 @@ Mark the task *not rankable* when the prompt is unintelligible or every answer i
 
 class VersionChoiceField(forms.ModelMultipleChoiceField):
     def label_from_instance(self, version):
-        return f"{version.assistant.name} · v{version.number} ({version.base_model.name})"
+        return f"{version.name} · v{version.number} ({version.base_model.name})"
 
 
 class TaskSetForm(forms.Form):
@@ -39,9 +39,7 @@ class TaskSetForm(forms.Form):
         help_text="Opening questions of chats whose owners allow data sharing.",
     )
     versions = VersionChoiceField(
-        queryset=AssistantVersion.objects.select_related("assistant", "base_model").order_by(
-            "assistant__name", "-number"
-        ),
+        queryset=AssistantVersion.objects.select_related("base_model").order_by("assistant_id", "-number"),
         widget=forms.CheckboxSelectMultiple,
         help_text="Candidates are spread over these versions in turn.",
     )

@@ -111,3 +111,39 @@ def test_a_cancelled_generation_stops_before_the_next_prompt(admin, version):
     assert candidates_generate(task_set_id=task_set.pk) == TaskSet.Status.CANCELLED
     task_set.refresh_from_db()
     assert task_set.status == TaskSet.Status.CANCELLED and task_set.progress_done == 0
+
+
+def test_the_admin_creates_a_task_set_from_typed_and_uploaded_prompts(admin, version):
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    as_admin = signed_in(admin)
+    assert as_admin.get(reverse("labeling:set_new")).status_code == 200
+    upload = b'{"prompt": "Uploaded one"}\n{"prompt": [{"role": "user", "content": "Uploaded two"}]}\n'
+    response = as_admin.post(
+        reverse("labeling:set_new"),
+        {
+            "name": "Mixed",
+            "prompts_text": "Typed one\n\nTyped two\n",
+            "prompts_file": SimpleUploadedFile("prompts.jsonl", upload),
+            "sample_chats": "0",
+            "versions": [version.pk],
+            "candidates_per_task": "3",
+            "rankings_per_task": "2",
+            "temperature": "0.9",
+            "top_p": "",
+            "guidelines": "Rank by **helpfulness**.",
+        },
+    )
+    task_set = TaskSet.objects.get(name="Mixed")
+    assert response.status_code == 302 and response.url == reverse("labeling:set_admin", args=[task_set.pk])
+    tasks = list(task_set.tasks.order_by("created_at", "id").values_list("prompt", "source", "author_id"))
+    assert sorted(tasks) == sorted(
+        [
+            ("Typed one", "typed", admin.pk),
+            ("Typed two", "typed", admin.pk),
+            ("Uploaded one", "uploaded", None),
+            ("Uploaded two", "uploaded", None),
+        ]
+    )
+    assert task_set.sampling == {"temperature": 0.9} and task_set.guidelines.get().version == 1
+    assert (task_set.candidates_per_task, task_set.rankings_per_task) == (3, 2)
