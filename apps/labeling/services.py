@@ -214,6 +214,9 @@ def candidates_generate(*, task_set_id: int) -> str:
         # Interleave the versions (v0, v1, v0, v1, ...) so candidate indices do not cluster by version.
         texts.sort(key=lambda t: (t[3], versions.index(t[0])))
         with transaction.atomic():
+            Task.objects.select_for_update(of=("self",)).filter(pk=task.pk).order_by().first()
+            if task.candidates.exists():  # a second job (a resume while this one ran) got there first
+                continue
             Candidate.objects.bulk_create(
                 Candidate(task=task, index=i, text=text, version=v, sampling=s, seed=seed, stream=stream)
                 for i, (v, s, seed, stream, text) in enumerate(texts)
@@ -227,6 +230,16 @@ def candidates_generate(*, task_set_id: int) -> str:
 def task_set_cancel(*, task_set: TaskSet) -> None:
     """Ask the running job to stop after the prompt it is on; prompts already done keep their candidates."""
     TaskSet.objects.filter(pk=task_set.pk, status=TaskSet.Status.GENERATING).update(cancel_requested=True)
+
+
+def task_set_resume(*, task_set: TaskSet) -> bool:
+    """Make a failed or cancelled task set generate again (the caller then starts the job); prompts that have
+    their candidates keep them. False when it was neither failed nor cancelled."""
+    resumable = [TaskSet.Status.FAILED, TaskSet.Status.CANCELLED]
+    changed = TaskSet.objects.filter(pk=task_set.pk, status__in=resumable).update(
+        status=TaskSet.Status.GENERATING, cancel_requested=False, error=""
+    )
+    return bool(changed)
 
 
 def guideline_publish(*, task_set: TaskSet, text: str, created_by) -> Guideline:

@@ -41,6 +41,7 @@ from apps.labeling.services import (
     task_gold_set,
     task_set_cancel,
     task_set_create,
+    task_set_resume,
 )
 from apps.labeling.tasks import candidates_generate_task
 
@@ -207,6 +208,17 @@ def task_set_cancel_view(request, set_id: int):
     _admin(request)
     task_set_cancel(task_set=get_object_or_404(TaskSet, pk=set_id))
     messages.info(request, "Cancelling: the job stops after the prompt it is on.")
+    return redirect("labeling:set_admin", set_id=set_id)
+
+
+@login_required
+@require_POST
+def task_set_resume_view(request, set_id: int):
+    _admin(request)
+    with transaction.atomic():
+        if task_set_resume(task_set=get_object_or_404(TaskSet, pk=set_id)):
+            transaction.on_commit(lambda: candidates_generate_task.delay(set_id))
+            messages.info(request, "Generating the remaining candidates.")
     return redirect("labeling:set_admin", set_id=set_id)
 
 

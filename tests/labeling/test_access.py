@@ -1,6 +1,8 @@
 """Who reaches what, checked on the server: members never reach the panel, labelers never reach the admin pages or
 another labeler's rankings. The ranking screen over HTTP. Data sharing gates chat sampling; generation cancels."""
 
+import re
+
 import pytest
 from django.urls import reverse
 
@@ -13,6 +15,7 @@ from apps.labeling.services import (
     task_claim_next,
     task_set_cancel,
     task_set_create,
+    task_set_resume,
 )
 from tests.factories import make_user, signed_in
 
@@ -111,6 +114,9 @@ def test_a_cancelled_generation_stops_before_the_next_prompt(admin, version):
     assert candidates_generate(task_set_id=task_set.pk) == TaskSet.Status.CANCELLED
     task_set.refresh_from_db()
     assert task_set.status == TaskSet.Status.CANCELLED and task_set.progress_done == 0
+    assert task_set_resume(task_set=task_set) and not task_set_resume(task_set=task_set)  # once
+    task_set.refresh_from_db()
+    assert task_set.status == TaskSet.Status.GENERATING and not task_set.cancel_requested
 
 
 def test_the_admin_creates_a_task_set_from_typed_and_uploaded_prompts(admin, version):
@@ -147,3 +153,23 @@ def test_the_admin_creates_a_task_set_from_typed_and_uploaded_prompts(admin, ver
     )
     assert task_set.sampling == {"temperature": 0.9} and task_set.guidelines.get().version == 1
     assert (task_set.candidates_per_task, task_set.rankings_per_task) == (3, 2)
+
+
+def test_labeling_pages_are_csp_clean(make_set, labelers, admin):
+    """No inline script (only src= scripts and JSON data), no style attribute, no inline handler, on every page."""
+    task_set = make_set(["Q"])
+    claim = task_claim_next(task_set=task_set, labeler=labelers[0])
+    pages = [
+        signed_in(labelers[0]).get(reverse("labeling:task", args=[claim.task_id])),
+        signed_in(admin).get(reverse("labeling:set_admin", args=[task_set.pk])),
+        signed_in(admin).get(reverse("labeling:set_progress", args=[task_set.pk])),
+        signed_in(admin).get(reverse("labeling:set_new")),
+        signed_in(admin).get(reverse("labeling:home")),
+    ]
+    for response in pages:
+        assert response.status_code == 200
+        html = response.content.decode()
+        for tag in re.findall(r"<script\b[^>]*>", html):
+            assert "src=" in tag or 'type="application/json"' in tag, tag
+        assert not re.search(r"\sstyle=", html)
+        assert not re.search(r"\son[a-z]+=", html)
