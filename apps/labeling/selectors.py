@@ -28,7 +28,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from itertools import combinations
 
-from django.db.models import Count, Q
+from django.db.models import Count, F, Q
 
 from apps.labeling.aggregation import cohen_kappa, kendall_tau, krippendorff_alpha_nominal, ranked_pairs
 from apps.labeling.models import Candidate, Claim, Ranking, Task, TaskSet
@@ -46,16 +46,19 @@ def task_set_list() -> list[TaskSet]:
 
 def task_queue_order(*, task_set: TaskSet, labeler, now) -> list:
     """Ids of the tasks `labeler` may claim in this set, fairest first: fewest rankings plus live claims, then
-    oldest. Excludes tasks without candidates, tasks they wrote, ranked or hold a live claim on."""
+    oldest. Excludes tasks without candidates, tasks they wrote or ranked, and full ones (R rankings plus live
+    claims; gold tasks are never full). The claim counts again under the task's lock."""
     tasks = (
         Task.objects.filter(task_set=task_set, candidates__index=0)
         .exclude(author=labeler)
         .exclude(rankings__labeler=labeler)
         .annotate(
             ranked=Count("rankings", distinct=True),
-            live=Count("claims", filter=Q(claims__expires_at__gt=now), distinct=True),
+            live=Count("claims", filter=Q(claims__expires_at__gt=now) & ~Q(claims__labeler=labeler), distinct=True),
         )
-        .order_by("ranked", "live", "created_at", "id")
+        .annotate(taken=F("ranked") + F("live"))
+        .filter(Q(gold_order__isnull=False) | Q(taken__lt=task_set.rankings_per_task))
+        .order_by("taken", "created_at", "id")
     )
     return list(tasks.values_list("id", flat=True))
 

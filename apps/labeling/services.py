@@ -182,7 +182,14 @@ def _task_seed(task_set: TaskSet, task: Task, version) -> int:
 
 def candidates_generate(*, task_set_id: int) -> str:
     """Generate the candidates of every task still without them; the Celery job's body. Returns the status."""
-    task_set = TaskSet.objects.get(pk=task_set_id)
+    try:
+        return _candidates_generate(TaskSet.objects.get(pk=task_set_id))
+    except Exception as error:  # the set must not stay "generating" forever; the worker logs the traceback
+        TaskSet.objects.filter(pk=task_set_id).update(status=TaskSet.Status.FAILED, error=f"Failed: {error}"[:500])
+        raise
+
+
+def _candidates_generate(task_set: TaskSet) -> str:
     versions = list(task_set.versions.select_related("base_model").order_by("pk"))
     k = task_set.candidates_per_task
     shares = {v.pk: len(range(i, k, len(versions))) for i, v in enumerate(versions)}  # round-robin
@@ -275,20 +282,16 @@ def labeler_include(*, task_set: TaskSet, labeler) -> None:
 
 
 def _slots_taken(task: Task, *, now, other_than=None) -> int:
+    """Rankings plus other labelers' live claims (a claim is deleted when its ranking is saved)."""
     live = Claim.objects.filter(task=task, expires_at__gt=now).exclude(labeler=other_than)
-    live = live.exclude(labeler__in=Ranking.objects.filter(task=task).values("labeler"))  # counted as rankings
     return Ranking.objects.filter(task=task).count() + live.count()
 
 
 def task_claim_next(*, task_set: TaskSet, labeler, now=None) -> Claim | None:
     """The labeler's live claim in this set, else a new claim on the next fair task; None when none is left."""
     now = now or timezone.now()
-    held = (
-        Claim.objects.filter(task__task_set=task_set, labeler=labeler, expires_at__gt=now)
-        .exclude(task__rankings__labeler=labeler)
-        .select_related("task")
-        .first()
-    )
+    held = Claim.objects.filter(task__task_set=task_set, labeler=labeler, expires_at__gt=now)
+    held = held.select_related("task").first()
     if held is not None:
         return held
     from apps.labeling.selectors import task_queue_order
@@ -352,11 +355,11 @@ def ranking_submit(
     reason = not_rankable_reason.strip()[:500]
     with transaction.atomic():
         Task.objects.select_for_update().get(pk=task.pk)
+        if Ranking.objects.filter(task=task, labeler=labeler).exists():
+            raise LabelingError("You have already ranked this task.")
         claim = Claim.objects.filter(task=task, labeler=labeler).first()
         if claim is None:
             raise LabelingError("Claim this task from your queue before ranking it.")
-        if Ranking.objects.filter(task=task, labeler=labeler).exists():
-            raise LabelingError("You have already ranked this task.")
         if (
             claim.expires_at <= now
             and not task.is_gold
@@ -375,7 +378,7 @@ def ranking_submit(
                 )
             reason = ""
         guideline = task.task_set.guidelines.order_by("-version").first()
-        return Ranking.objects.create(
+        ranking = Ranking.objects.create(
             task=task,
             labeler=labeler,
             order=order,
@@ -384,3 +387,5 @@ def ranking_submit(
             guideline=guideline,
             seconds_spent=max(0, int((now - claim.claimed_at).total_seconds())),
         )
+        claim.delete()  # its slot is the ranking's now
+        return ranking

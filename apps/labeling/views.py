@@ -103,9 +103,6 @@ def task_rank(request, task_id):
     claim = claim_get(labeler=request.user, task_id=task_id)
     if claim is None:
         raise Http404("You hold no claim on this task.")
-    if claim.task.rankings.filter(labeler=request.user).exists():
-        messages.info(request, "You have ranked this task already.")
-        return redirect("labeling:home")
     if request.method == "GET":
         return render(request, "labeling/task.html", _task_context(request, claim))
     not_rankable = request.POST.get("action") == "not_rankable"

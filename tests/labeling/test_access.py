@@ -17,6 +17,7 @@ from apps.labeling.services import (
     task_set_create,
     task_set_resume,
 )
+from tests.conftest import free_port
 from tests.factories import make_user, signed_in
 
 pytestmark = pytest.mark.django_db
@@ -173,3 +174,19 @@ def test_labeling_pages_are_csp_clean(make_set, labelers, admin):
             assert "src=" in tag or 'type="application/json"' in tag, tag
         assert not re.search(r"\sstyle=", html)
         assert not re.search(r"\son[a-z]+=", html)
+
+
+def test_generation_fails_with_the_engines_message_when_it_is_down(admin, version, settings):
+    settings.INFERENCE_URL = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    task_set = task_set_create(
+        name="Down",
+        created_by=admin,
+        prompts=[PromptInput("Q", "typed", None)],
+        versions=[version],
+        candidates_per_task=2,
+        guideline_text="Rank.",
+    )
+    assert candidates_generate(task_set_id=task_set.pk) == TaskSet.Status.FAILED
+    task_set.refresh_from_db()
+    assert task_set.status == TaskSet.Status.FAILED and "not reachable" in task_set.error
+    assert task_set.tasks.get().candidates.count() == 0
