@@ -1,14 +1,16 @@
 """Writes for the labeling panel: task sets, candidate generation, guidelines, the claim queue, rankings, gold
 orders and exclusions.
 
-The queue. A labeler asks for their next task; `task_claim_next` looks at the task set's tasks in fairness order
-(fewest rankings plus live claims first, then oldest) and skips those the labeler has ranked or claimed, those they
-wrote, and those already holding R rankings plus live claims. Each candidate task row is locked with
-`SELECT … FOR UPDATE SKIP LOCKED` and its slots are counted again under the lock, so two labelers asking at the
-same moment never both take the last slot of a task: the second skips the locked row and moves on. A claim
-expires after the task set's `claim_minutes`; an expired claim holds no slot, and a ranking for an expired claim
-is refused only when its slot has been taken meanwhile. Gold tasks are exempt from R: every labeler meets each
-gold task once, which is what makes gold accuracy comparable across labelers.
+The queue. A labeler asks for their next task; `task_claim_next` gives back their live claim if they hold one,
+else looks at the task set's tasks in fairness order (fewest rankings plus live claims first, then oldest),
+leaving out those they ranked or wrote and those already holding R rankings plus live claims. Each task row is
+locked with `SELECT … FOR UPDATE SKIP LOCKED` and its slots are counted again under the lock, so two labelers
+asking at the same moment never both take the last slot of a task: the second skips the locked row and moves
+on, and waits for it only when nothing else is free (then the count under the lock decides). A claim is deleted
+when its ranking is saved, so a task's taken slots are its rankings plus its live claims. A claim expires after
+the task set's `claim_minutes` and then holds no slot; a ranking for an expired claim is refused only when its
+slot has been taken meanwhile. Gold tasks are exempt from R: every labeler meets each gold task once, which is
+what makes gold accuracy comparable across labelers.
 
 Candidates. For each prompt, K candidates are spread round-robin over the chosen assistant versions; each
 version's share comes from one engine request with `n` choices and one seed (the engine seeds choice i from
@@ -211,12 +213,13 @@ def _candidates_generate(task_set: TaskSet) -> str:
                 )
                 seed = _task_seed(task_set, task, version)
                 answer = inference_chat(body={**request.body, "n": shares[version.pk], "seed": seed})
-                sampling = {k_: request.body[k_] for k_ in ("model", "temperature", "top_p", "repetition_penalty")}
-                sampling["max_tokens"] = request.body["max_tokens"]
+                recorded = ("model", "temperature", "top_p", "repetition_penalty", "max_tokens")
+                sampling = {key: request.body[key] for key in recorded}
                 for choice in sorted(answer["choices"], key=lambda c: c["index"]):
                     texts.append((version, sampling, seed, choice["index"], choice["message"]["content"] or ""))
         except (InferenceError, ContextTooSmall) as error:
-            TaskSet.objects.filter(pk=task_set.pk).update(status=TaskSet.Status.FAILED, error=str(error)[:500])
+            message = f"Prompt “{task.prompt[:60]}”: {error}"
+            TaskSet.objects.filter(pk=task_set.pk).update(status=TaskSet.Status.FAILED, error=message[:500])
             return TaskSet.Status.FAILED
         # Interleave the versions (v0, v1, v0, v1, ...) so candidate indices do not cluster by version.
         texts.sort(key=lambda t: (t[3], versions.index(t[0])))
