@@ -3,8 +3,10 @@
 Consensus. A task's counted rankings are those of labelers not excluded from its task set. A task is not
 rankable (and yields nothing) when at least half of its counted rankings say so. Otherwise its consensus is
 Tideman's ranked pairs over the ordered rankings (a gold task's consensus is its gold order). A consensus of K
-candidates gives C(K,2) ordered pairs, each chosen above rejected; a pair whose margin is 0 (as many labelers
-put one above as below) is a tie and yields nothing.
+candidates gives C(K,2) ordered pairs, each chosen above rejected in that order; a pair whose margin is 0 (as
+many labelers put one above as below) is a tie and yields nothing. Inside a majority cycle the consensus may put
+a candidate above one that a majority preferred (ranked pairs drops the cycle's weakest link); the pair still
+follows the consensus, so the exported pairs are always one consistent order.
 
 Agreement. Every candidate pair (i < j) of a task is one item, and a labeler's label is whether they put i
 above j. Krippendorff's α (nominal) runs over all labelers and items of the set; Cohen's κ over the items each
@@ -19,7 +21,7 @@ run it comes from. Formats:
   messages: the user turn), `chosen` and `rejected` (each a list with one assistant message).
 - `hh`: Anthropic HH: `chosen` and `rejected` transcripts ("\\n\\nHuman: …\\n\\nAssistant: …") sharing the prompt.
 - `kto`: TRL's conversational unpaired format (`prompt`, `completion`, `label`): a candidate is desirable when
-  it wins every strict pair it is in, undesirable when it loses every one, and left out otherwise.
+  it is chosen in every pair it is in, undesirable when it loses every one, and left out otherwise.
 """
 
 import hashlib
@@ -95,11 +97,11 @@ class Consensus:
     margins: dict  # (i, j) -> #(i above j) − #(j above i)
     rankings: int
 
-    def strict_pairs(self) -> list[tuple[int, int]]:
-        """(chosen, rejected) pairs of the consensus with a positive margin."""
+    def pairs(self) -> list[tuple[int, int]]:
+        """(chosen, rejected) pairs in the consensus order, leaving out ties (margin 0)."""
         place = {c: p for p, c in enumerate(self.order)}
         pairs = sorted(combinations(self.order, 2), key=lambda pair: (place[pair[0]], place[pair[1]]))
-        return [(a, b) for a, b in pairs if self.margins[(a, b)] > 0]
+        return [(a, b) for a, b in pairs if self.margins[(a, b)] != 0]
 
 
 def task_consensus(*, task: Task, rankings: list[Ranking]) -> Consensus | None:
@@ -272,7 +274,7 @@ def preference_pairs(*, task_set: TaskSet) -> list[PreferencePair]:
         consensus = task_consensus(task=task, rankings=by_task[task.pk])
         if consensus is None:
             continue
-        for chosen, rejected in consensus.strict_pairs():
+        for chosen, rejected in consensus.pairs():
             pairs.append(PreferencePair(task.prompt, texts[task.pk][chosen], texts[task.pk][rejected]))
     return pairs
 

@@ -137,3 +137,12 @@ def test_the_download_is_jsonl_for_admins_only(make_set, labelers, admin):
     assert rows == export_rows(task_set=task_set, export_format="trl")
     assert signed_in(labelers[0]).get(url).status_code == 403
     assert Ranking.objects.filter(task__task_set=task_set).count() == 3
+
+
+def test_pairs_follow_the_consensus_order_even_inside_a_majority_cycle(make_set, labelers):
+    # margins: 0>1 by 1, 1>2 by 1, 2>0 by 1; ranked pairs locks 0>1, 1>2 and drops 2>0: consensus 0, 1, 2
+    task_set = make_set(["Cycle"], k=3)
+    for labeler, order in zip(labelers, ([0, 1, 2], [1, 2, 0], [2, 0, 1]), strict=True):
+        rank(task_set, labeler, {"Cycle": order})
+    pairs = [(p.chosen[-1], p.rejected[-1]) for p in preference_pairs(task_set=task_set)]
+    assert pairs == [("0", "1"), ("0", "2"), ("1", "2")]  # C(3,2), one consistent order
