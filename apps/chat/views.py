@@ -25,7 +25,7 @@ from apps.chat import services
 from apps.chat.live import reply_events_follow
 from apps.chat.models import Conversation, Message
 from apps.chat.ratelimit import anonymous_message_allow
-from apps.chat.rendering import answer_done_event, markdown_render
+from apps.chat.rendering import answer_done_event
 from apps.chat.selectors import (
     conversation_export_json,
     conversation_export_markdown,
@@ -36,6 +36,7 @@ from apps.chat.selectors import (
     message_get_for_viewer,
 )
 from apps.core.inference_client import InferenceError, inference_complete, inference_tokenize
+from apps.core.rendering import untrusted_markdown_render
 from apps.core.sse import sse_event, sse_response
 from apps.registry.selectors import base_model_get_ready
 
@@ -68,7 +69,7 @@ def _rendered(entries) -> list:
     for entry in entries:
         message = entry.message
         if message.role == Message.Role.ASSISTANT and message.finished:
-            message.html = mark_safe(markdown_render(message.content))  # noqa: S308 (sanitized by nh3)
+            message.html = mark_safe(untrusted_markdown_render(message.content))  # noqa: S308 (sanitized)
     return entries
 
 

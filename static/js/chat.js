@@ -58,7 +58,7 @@
     source.addEventListener("done", function (event) {
       var data = JSON.parse(event.data);
       source.close();
-      body.innerHTML = data.html; // rendered and sanitized on the server (apps/chat/rendering.py)
+      body.innerHTML = data.html; // rendered and sanitized on the server (apps/core/rendering.py)
       body.classList.remove("msg-streaming");
       body.classList.add("prose");
       article.classList.remove("is-streaming");
