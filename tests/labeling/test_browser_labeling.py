@@ -11,7 +11,7 @@ from apps.accounts.models import Role
 from apps.assistants.selectors import chat_model_default
 from apps.labeling.models import Ranking, TaskSet
 from apps.labeling.services import ranking_submit, task_claim_next
-from tests.browser import login
+from tests.browser import browser_watch, login
 from tests.factories import PASSWORD, make_assistant, make_user
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
@@ -34,13 +34,11 @@ def test_create_generate_rank_by_drag_and_keyboard_then_agreement_and_dpo_downlo
 ):
     admin, ann, ben = _user("root", Role.ADMIN), _user("ann", Role.LABELER), _user("ben", Role.LABELER)
     assistant = make_assistant(admin, name="Candidate maker", base_model=chat_model_default(), max_tokens=24)
-    errors: list[str] = []
-
     # 1. The admin creates a task set from typed prompts; the worker generates 3 candidates per prompt.
     admin_context = browser.new_context(viewport={"width": 1280, "height": 900})
+    admin_watch = browser_watch(admin_context)
     page = admin_context.new_page()
     page.set_default_timeout(60_000)
-    page.on("pageerror", lambda error: errors.append(str(error)))
     login(page, web_server, "root", PASSWORD)
     page.goto(f"{web_server}/labeling/sets/new/")
     page.fill("input[name=name]", "Fruit and sea")
@@ -57,9 +55,9 @@ def test_create_generate_rank_by_drag_and_keyboard_then_agreement_and_dpo_downlo
 
     # 2. A labeler ranks the first task by dragging.
     labeler_context = browser.new_context(viewport={"width": 1280, "height": 900})
+    labeler_watch = browser_watch(labeler_context)
     labeler = labeler_context.new_page()
     labeler.set_default_timeout(60_000)
-    labeler.on("pageerror", lambda error: errors.append(str(error)))
     login(labeler, web_server, "ann", PASSWORD)
     labeler.goto(f"{web_server}/labeling/")
     labeler.click(f"[data-start='{task_set.pk}']")
@@ -114,6 +112,8 @@ def test_create_generate_rank_by_drag_and_keyboard_then_agreement_and_dpo_downlo
     assert len(rows) == 6  # 2 prompts × C(3, 2)
     assert {row["prompt"][0]["content"] for row in rows} == set(PROMPTS)
     assert all(set(row) == {"prompt", "chosen", "rejected"} for row in rows)
-    assert errors == []
+    for watch in (admin_watch, labeler_watch):  # under the strict CSP: nothing blocked, nothing thrown
+        assert watch.violations == [] and watch.page_errors == [] and watch.console_errors == []
+        assert watch.documents_without_csp() == [] and watch.foreign_requests() == []
     admin_context.close()
     labeler_context.close()
