@@ -1,5 +1,6 @@
 """Exports: consensus pairs (C(K,2), chosen above rejected), what yields nothing (not rankable, ties, excluded
-labelers), splits by prompt, and the three formats, TRL's checked with TRL itself and the real chat template."""
+labelers), splits by prompt, and the three formats; the DPO file as the fine-tune importer and the real chat template
+read it."""
 
 import io
 import json
@@ -8,7 +9,6 @@ from itertools import combinations
 import pytest
 from django.urls import reverse
 from transformers import AutoTokenizer
-from trl.data_utils import apply_chat_template, is_conversational
 
 from apps.finetune.datasets import DatasetKind, chat_token_counter, dataset_parse
 from apps.labeling.models import Ranking
@@ -95,19 +95,18 @@ def test_trl_export_is_trls_conversational_preference_format(make_set, labelers,
     assert len(rows) == 6
     tokenizer = AutoTokenizer.from_pretrained(real_models[("smollm2-135m-instruct", "fp32")] / "hf")
     for row in rows:
+        # TRL's conversational preference example: exactly these keys, each a list of {"role", "content"}
+        # messages; the prompt ends with the user, chosen and rejected are one assistant turn each
         assert set(row) == {"prompt", "chosen", "rejected"}
-        assert is_conversational(row)
         assert [m["role"] for m in row["prompt"]] == ["user"]
         assert row["chosen"] != row["rejected"]
+        for key in ("prompt", "chosen", "rejected"):
+            assert all(set(message) == {"role", "content"} for message in row[key])
         for key in ("chosen", "rejected"):
-            assert len(row[key]) == 1 and set(row[key][0]) == {"role", "content"}
-            assert row[key][0]["role"] == "assistant"
-        # TRL's own preprocessing for preference trainers turns the row into prompt/chosen/rejected text
-        applied = apply_chat_template(row, tokenizer)
-        assert set(applied) == {"prompt", "chosen", "rejected"}
-        assert row["prompt"][0]["content"] in applied["prompt"]
-        assert applied["chosen"].startswith(row["chosen"][0]["content"])
-        assert applied["rejected"].startswith(row["rejected"][0]["content"])
+            assert len(row[key]) == 1 and row[key][0]["role"] == "assistant"
+            # what a preference trainer formats: the prompt and one answer through the model's chat template
+            text = tokenizer.apply_chat_template(row["prompt"] + row[key], tokenize=False)
+            assert row["prompt"][0]["content"] in text and text.rstrip().endswith(row[key][0]["content"] + "<|im_end|>")
     assert json.loads(json.dumps(rows[0])) == rows[0]
 
 
@@ -125,7 +124,8 @@ def test_hh_and_kto_exports(make_set, labelers):
     kto = export_rows(task_set=task_set, export_format="kto")
     labels = {row["completion"][0]["content"]: row["label"] for row in kto}
     assert labels == {"Q / answer 2": True, "Q / answer 0": False}  # the middle one is neither
-    assert all(set(row) == {"prompt", "completion", "label"} and is_conversational(row) for row in kto)
+    assert all(set(row) == {"prompt", "completion", "label"} for row in kto)
+    assert all(row["completion"][0]["role"] == "assistant" and row["prompt"][0]["role"] == "user" for row in kto)
 
 
 def test_the_download_is_jsonl_for_admins_only(make_set, labelers, admin):
