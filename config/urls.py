@@ -12,5 +12,6 @@ urlpatterns = [
     path("", include("apps.chat.urls")),
     path("api/v1/", include("apps.api.urls")),
     path("arena/", include("apps.arena.urls")),
+    path("labeling/", include("apps.labeling.urls")),
     path("", include("apps.core.urls")),
 ]

@@ -15,7 +15,6 @@ from apps.registry.selectors import base_model_list
 # Areas whose issues have not landed yet: the navigation shows them, the page says so honestly.
 AREAS = {
     "finetunes": ("Fine-tunes", "member", "Train LoRA adapters on your preference data."),
-    "labeling": ("Labeling", "labeler", "Rank candidate outputs; rankings become preference data."),
 }
 
 

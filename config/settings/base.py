@@ -35,6 +35,7 @@ INSTALLED_APPS = [
     "apps.chat",
     "apps.api",
     "apps.arena",
+    "apps.labeling",
 ]
 
 MIDDLEWARE = [

@@ -24,7 +24,7 @@ def _client_as(client, role: Role | None):
 )
 def test_area_access_by_role(client, role, labeling, admin, assistants):
     client = _client_as(client, role)
-    assert client.get(reverse("area", args=["labeling"])).status_code == labeling
+    assert client.get(reverse("labeling:home")).status_code == labeling
     assert client.get(reverse("knowledge:collections")).status_code == assistants
     assert client.get(reverse("assistants:list")).status_code == assistants
     response = client.get(reverse("admin:index"))
@@ -34,7 +34,7 @@ def test_area_access_by_role(client, role, labeling, admin, assistants):
 
 
 def test_anonymous_visitors_are_sent_to_log_in(client):
-    for url in (reverse("dashboard"), reverse("status"), reverse("area", args=["labeling"])):
+    for url in (reverse("dashboard"), reverse("status"), reverse("labeling:home")):
         response = client.get(url)
         assert response.status_code == 302 and response.url.startswith(reverse("login")), url
 
@@ -42,7 +42,7 @@ def test_anonymous_visitors_are_sent_to_log_in(client):
 def test_navigation_shows_only_what_the_role_opens(client):
     client = _client_as(client, Role.MEMBER)
     page = client.get(reverse("dashboard")).content.decode()
-    assert reverse("area", args=["labeling"]) not in page
+    assert reverse("labeling:home") not in page
     assert reverse("admin:index") not in page
 
 
