@@ -4,7 +4,9 @@ The assistant is applied here, server-side, by the same engine-request builder a
 instructions go first, its sampling settings are the defaults, its adapter (or base model) is the engine
 model, and a conversation longer than the context window loses its oldest turns (the response's
 X-Atelier-Turns-Dropped header says how many). The caller never names an engine model and cannot strip
-the instructions (the engine's `truncate_prompt_tokens` is not passed on).
+the instructions (the engine's `truncate_prompt_tokens` is not passed on). An assistant with knowledge gets
+its passages in the prompt like chat; a non-streaming answer also says which passage each [n] names
+(`atelier_sources`), with markers naming none removed. A streamed answer's markers are relayed unchecked.
 """
 
 import dataclasses
@@ -22,6 +24,7 @@ from apps.core.inference_client import (
     inference_chat_stream_async,
 )
 from apps.core.sse import sse_event
+from apps.knowledge.prompting import citations_finalize
 from inference.sampler import SAMPLING_BOUNDS
 
 ROLES = {"system", "developer", "user", "assistant"}
@@ -154,12 +157,21 @@ def _relabel(data: dict, slug: str) -> dict:
     return data
 
 
-async def chat_completion_create(*, payload: dict, slug: str) -> dict:
-    """One non-streaming completion, labelled with the assistant's slug."""
+async def chat_completion_create(*, payload: dict, slug: str, sources: list[dict] | None = None) -> dict:
+    """One non-streaming completion, labelled with the assistant's slug. With knowledge `sources` (the
+    passages the engine request carried), each answer's citation markers are checked against them and the
+    response says what [1], [2]... name, in `atelier_sources` (number, document, page; never the text)."""
     try:
-        return _relabel(await inference_chat_async(body=payload), slug)
+        data = _relabel(await inference_chat_async(body=payload), slug)
     except InferenceError as error:
         raise api_error_from_engine(error) from error
+    if sources:
+        for choice in data.get("choices", []):
+            message = choice.get("message") or {}
+            if isinstance(message.get("content"), str):
+                message["content"] = citations_finalize(text=message["content"], sources=sources)
+        data["atelier_sources"] = [{"n": s["n"], "document": s["document"], "page": s.get("page")} for s in sources]
+    return data
 
 
 async def chat_completion_stream(*, payload: dict, slug: str) -> AsyncIterator[str]:

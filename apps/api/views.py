@@ -83,7 +83,9 @@ async def chat_completions(request):
         if payload["stream"]:
             response = sse_response(await chat_completion_stream(payload=payload, slug=assistant.slug))
         else:
-            response = JsonResponse(await chat_completion_create(payload=payload, slug=assistant.slug))
+            response = JsonResponse(
+                await chat_completion_create(payload=payload, slug=assistant.slug, sources=engine_request.sources)
+            )
     except ApiError as error:
         return api_error_response(error)
     response[TURNS_DROPPED_HEADER] = str(engine_request.turns_dropped)

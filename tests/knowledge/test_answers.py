@@ -108,3 +108,27 @@ def test_a_visitor_sees_only_the_cited_passage_unless_the_version_shares_documen
     assistant.refresh_from_db()
     shown, marked = visitors_view()
     assert shown.split() == version.text.split() and marked[0].text_content().split() == chunk.text.split()
+
+
+def test_the_api_names_the_passages_and_checks_the_citations(models_ready, inference_server):
+    import json
+
+    from django.test import Client
+
+    from apps.accounts.services import api_key_create
+
+    owner = make_user("ada")
+    collection = make_collection(owner)
+    ingested(collection, "kettle.md", KETTLE)
+    assistant = make_assistant(owner, knowledge_collections=(collection,), knowledge_top_k=1, max_tokens=48)
+    _, key = api_key_create(user=owner, name="laptop")
+    body = {"model": assistant.slug, "messages": [{"role": "user", "content": QUESTION}]}
+    response = Client().post(
+        "/api/v1/chat/completions",
+        json.dumps(body),
+        content_type="application/json",
+        HTTP_AUTHORIZATION=f"Bearer {key}",
+    )
+    data = json.loads(response.content)
+    assert response.status_code == 200 and data["atelier_sources"] == [{"n": 1, "document": "kettle.md", "page": None}]
+    assert {int(n) for n in CITATION.findall(data["choices"][0]["message"]["content"])} <= {1}
