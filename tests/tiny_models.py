@@ -40,9 +40,10 @@ def tiny_chat_model(root: Path) -> dict:
     return {**tiny, "onnx_dir": onnx_dir}
 
 
-def tiny_checkpoint(root: Path) -> dict:
-    """Train the tiny model and save it (HF format) under root/hf; returns hf_dir, model and torch perplexity."""
-    tokenizer = tiny_tokenizer()
+def tiny_checkpoint(root: Path, *, tokenizer: PreTrainedTokenizerFast | None = None) -> dict:
+    """Train the tiny model and save it (HF format) under root/hf; returns hf_dir, model and torch perplexity.
+    `tokenizer` replaces tiny_tokenizer() (one with chat special tokens and a template, say)."""
+    tokenizer = tokenizer or tiny_tokenizer()
     ids = tokenizer(PERPLEXITY_TEXT)["input_ids"][:512]
     torch.manual_seed(0)
     config = LlamaConfig(
