@@ -20,25 +20,9 @@ from apps.accounts.models import User
 from apps.assistants.models import Assistant, AssistantReport, AssistantVersion, Visibility
 from apps.assistants.selectors import gallery_list, share_link_valid
 from apps.assistants.services import AssistantConfig, AssistantError, assistant_update
-from apps.registry.models import BaseModel
 from tests.factories import make_assistant, signed_in
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def stub_chat_model() -> BaseModel:
-    """A registered, ready chat model with no files behind it: enough for everything but generation."""
-    return BaseModel.objects.create(
-        name="tiny-chat",
-        variant="q4",
-        kind=BaseModel.Kind.CHAT,
-        status=BaseModel.Status.READY,
-        content_hash="0" * 64,
-        path="/nonexistent/tiny-chat",
-        perplexity=12.5,
-        source_package="tests",
-    )
 
 
 @pytest.fixture(autouse=True)

@@ -6,23 +6,7 @@ import pytest
 from apps.accounts.models import Role
 from apps.labeling.models import Candidate
 from apps.labeling.services import PromptInput, task_set_create
-from apps.registry.models import BaseModel
 from tests.factories import make_assistant, make_user
-
-
-@pytest.fixture
-def stub_chat_model() -> BaseModel:
-    """A registered, ready chat model with no files behind it: enough for everything but generation."""
-    return BaseModel.objects.create(
-        name="tiny-chat",
-        variant="q4",
-        kind=BaseModel.Kind.CHAT,
-        status=BaseModel.Status.READY,
-        content_hash="0" * 64,
-        path="/nonexistent/tiny-chat",
-        perplexity=12.5,
-        source_package="tests",
-    )
 
 
 def make_role(name: str, role: Role):
