@@ -5,13 +5,15 @@ Not transformers' LlamaForCausalLM + PEFT, because on a CPU the step time goes t
 matmuls (tests/finetune checks this decoder's logits against that pair's):
 - the frozen weights are stored once in the compute dtype. bf16 runs on AMX tiles at several times fp32's
   speed; autocast would re-cast every weight on every step instead.
-- q|k|v and gate|up are one GEMM each, as in the engine's graph (inference/graph.py).
-- LoRA per fused group: one dropout of the shared input and one GEMM for the group's stacked A's, then
-  one small GEMM per module's B (PEFT runs a dropout, an A and a B per module: 7 of each per layer).
+- q|k|v and gate|up are one GEMM each, as in the engine's graph (inference/graph.py), and each RMSNorm's
+  weight is folded into the columns of the linear that reads it.
+- LoRA per fused group: one dropout of the shared input, one GEMM for the group's stacked A's and one
+  addmm with the block-diagonal B's that also adds the base output (PEFT runs a dropout, an A, a B and
+  an add per module: 7 of each per layer).
 - the residual stream, norms and the loss stay fp32; matmuls, attention and activations use the
   compute dtype (what torch.autocast does, minus the casts).
-- attention is SDPA with the packed batch's block-diagonal mask (apps/finetune/packing.py) and position
-  ids that restart per example.
+- RoPE on q and k in one pass; attention is SDPA with the packed batch's block-diagonal mask
+  (apps/finetune/packing.py) and position ids that restart per example.
 - the vocabulary projection is not part of forward(): the trainer applies `logits` only to the positions
   that predict a trained token.
 
@@ -42,9 +44,12 @@ class BaseModelError(ValueError):
 
 @dataclass(frozen=True)
 class LoraSettings:
+    """PEFT's LoRA knobs. The defaults suit SmolLM2-135M: rank 16 on all seven linear layers, alpha 2 x rank;
+    no dropout (PEFT's default too), as a 0.05 dropout halved the training rate here (bench/results_finetune.md)."""
+
     rank: int = 16
     alpha: float = 32.0
-    dropout: float = 0.05
+    dropout: float = 0.0
     target_modules: tuple[str, ...] = ALL_MODULES
 
     def __post_init__(self) -> None:

@@ -111,9 +111,9 @@ class TrainingSettings:
 
 
 SFT_DEFAULTS = TrainingSettings()
-# DPO moves a model that already answers: a smaller step, one epoch, and no dropout, so the policy starts
-# exactly at the reference (loss log 2, zero rewards) and the implicit rewards are not dropout noise.
-DPO_DEFAULTS = TrainingSettings(lora=LoraSettings(dropout=0.0), learning_rate=5e-5, epochs=1)
+# DPO moves a model that already answers: a smaller step and one epoch. Its LoRA keeps no dropout
+# (the default), so that the policy starts exactly at the reference (loss log 2, zero rewards).
+DPO_DEFAULTS = TrainingSettings(learning_rate=5e-5, epochs=1)
 
 
 @dataclass

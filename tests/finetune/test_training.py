@@ -339,3 +339,32 @@ def test_bf16_training_tracks_fp32(tiny_chat, tmp_path):
         assert result.precision == precision
         losses[precision] = [p["loss"] for p in train_points(result.history)]
     np.testing.assert_allclose(losses["bf16"], losses["fp32"], rtol=0.02)
+
+
+def test_a_resumed_dpo_run_keeps_its_reference_and_ends_where_an_uninterrupted_one_does(tiny_chat, tmp_path):
+    settings = TrainingSettings(
+        lora=LoraSettings(rank=4, alpha=8, dropout=0.0),
+        learning_rate=1e-2,
+        batch_size=3,
+        precision="fp32",
+        checkpoint_every=2,
+    )
+    run = {"base_model_dir": tiny_chat["hf_dir"], "examples": PAIRS, "settings": settings}
+    whole = train_dpo(out_dir=tmp_path / "whole", **run)
+    points = []
+    with pytest.raises(TrainingCancelled):
+        train_dpo(
+            out_dir=tmp_path / "resumed",
+            checkpoint_dir=tmp_path / "checkpoints",
+            on_metrics=points.append,
+            should_cancel=lambda: len(train_points(points)) == 3,
+            **run,
+        )
+    resumed = train_dpo(out_dir=tmp_path / "resumed", checkpoint_dir=tmp_path / "checkpoints", **run)
+    # the reference log-probs came from the checkpoint: no second reference pass
+    assert [p["message"] for p in resumed.history if p["kind"] == "status"][1:] == [
+        "resumed from the checkpoint at step 2"
+    ]
+    assert [p["loss"] for p in train_points(resumed.history)] == [p["loss"] for p in train_points(whole.history)][2:]
+    want, got = adapter(whole.adapter_dir), adapter(resumed.adapter_dir)
+    assert all(torch.equal(want[k], got[k]) for k in want)
