@@ -40,3 +40,8 @@ def worker_argv(*, concurrency: int, name: str, queues: tuple[str, ...] = QUEUES
         "-n",
         name,
     ]
+
+
+def beat_argv(*, schedule_file: str) -> list[str]:
+    """The command that runs beat, the scheduler of periodic tasks (CELERY_BEAT_SCHEDULE). Run exactly one."""
+    return [sys.executable, "-m", "celery", "-A", "config", "beat", "--schedule", schedule_file, "--loglevel", "INFO"]

@@ -27,7 +27,7 @@ import numpy as np
 from safetensors import SafetensorError
 from safetensors.numpy import load_file
 
-from inference.graph import LORA_GROUP_MODULES, LORA_GROUPS, DecoderConfig
+from inference.config import LORA_GROUP_MODULES, LORA_GROUPS, DecoderConfig
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"

@@ -14,6 +14,34 @@ _NUCLEUS_CANDIDATES = 256  # top-p looks at this many first; a full sort only wh
 
 
 @dataclass(frozen=True)
+class Bound:
+    """The accepted range of one sampling setting. The one source: the server's request schema, the web
+    API's checks and the assistant builder's constraints all derive from (or are tested against) these."""
+
+    low: float
+    high: float
+    low_inclusive: bool = True
+
+    def __contains__(self, value: float) -> bool:
+        return (value >= self.low if self.low_inclusive else value > self.low) and value <= self.high
+
+    def __str__(self) -> str:
+        return f"{'[' if self.low_inclusive else '('}{self.low:g}, {self.high:g}]"
+
+    def pydantic(self) -> dict[str, float]:
+        return {"ge" if self.low_inclusive else "gt": self.low, "le": self.high}
+
+
+SAMPLING_BOUNDS = {
+    "temperature": Bound(0.0, 2.0),
+    "top_p": Bound(0.0, 1.0, low_inclusive=False),
+    "frequency_penalty": Bound(-2.0, 2.0),
+    "presence_penalty": Bound(-2.0, 2.0),
+    "repetition_penalty": Bound(0.0, 10.0, low_inclusive=False),
+}
+
+
+@dataclass(frozen=True)
 class SamplingParams:
     temperature: float = 1.0
     top_p: float = 1.0
@@ -26,18 +54,13 @@ class SamplingParams:
     top_logprobs: int = 0
 
     def __post_init__(self) -> None:
-        checks = [
-            (0.0 <= self.temperature <= 2.0, "temperature must be between 0 and 2"),
-            (0.0 < self.top_p <= 1.0, "top_p must be in (0, 1]"),
-            (self.top_k >= 0, "top_k must be >= 0"),
-            (-2.0 <= self.frequency_penalty <= 2.0, "frequency_penalty must be between -2 and 2"),
-            (-2.0 <= self.presence_penalty <= 2.0, "presence_penalty must be between -2 and 2"),
-            (0.0 < self.repetition_penalty <= 10.0, "repetition_penalty must be in (0, 10]"),
-            (0 <= self.top_logprobs <= MAX_TOP_LOGPROBS, f"top_logprobs must be between 0 and {MAX_TOP_LOGPROBS}"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ValueError(message)
+        for name, bound in SAMPLING_BOUNDS.items():
+            if getattr(self, name) not in bound:
+                raise ValueError(f"{name} must be in {bound}")
+        if self.top_k < 0:
+            raise ValueError("top_k must be >= 0")
+        if not 0 <= self.top_logprobs <= MAX_TOP_LOGPROBS:
+            raise ValueError(f"top_logprobs must be between 0 and {MAX_TOP_LOGPROBS}")
 
 
 @dataclass

@@ -8,6 +8,10 @@ token whose KV write is overwritten later. Requests join and leave at token boun
 request frees its rows at the next one.
 
 Results go back to asyncio through loop.call_soon_threadsafe, one Event at a time.
+
+A failure is contained where it can be attributed: an error in one request's prefill, row copy or
+sampling fails that request alone while the rest keep streaming; only a failed batched decode pass
+(which belongs to every row) fails the whole batch.
 """
 
 import asyncio
@@ -197,7 +201,7 @@ class Engine:
                     self._admit()
                 self._prefill_step()
                 self._decode_step()
-            except Exception as error:  # a failed step fails its requests, never the engine
+            except Exception as error:  # a failed batched pass fails its requests, never the engine
                 log.exception("engine step failed")
                 for handle in {s.handle for s in self._rows if s is not None} | set(self._prefilling):
                     self._fail(handle, f"inference failed: {type(error).__name__}: {error}")
@@ -235,27 +239,34 @@ class Engine:
         budget = self.prefill_chunk
         while self._prefilling and budget > 0:
             handle = self._prefilling[0]
-            first = handle.sequences[0]
-            prompt = handle.request.prompt
+            prompt, first = handle.request.prompt, handle.sequences[0]
             chunk = prompt[first.prefilled : first.prefilled + budget]
-            end = first.prefilled + len(chunk)
-            logits = self.decoder.forward(
-                np.array([chunk], dtype=np.int64),
-                start=first.row,
-                lengths=np.array([end]),
-                logits_index=np.array([len(chunk) - 1]),
-                lora=self._lora([first]),
-            )
-            first.prefilled = first.length = end
             budget -= len(chunk)
-            self.stats["prompt_tokens_total"] += len(chunk)
-            if end < len(prompt):
+            if not self._contained(handle, self._prefill_chunk, handle, chunk):
+                continue  # failed and dropped: the next request may use the rest of the budget
+            if first.prefilled < len(prompt):
                 return
-            self._prefilling.popleft()
-            for seq in handle.sequences[1:]:
-                self.decoder.copy_rows(source=first.row, target=seq.row, length=end)
-                seq.length = end
-            for seq in handle.sequences:
+
+    def _prefill_chunk(self, handle: RequestHandle, chunk: list[int]) -> None:
+        first = handle.sequences[0]
+        end = first.prefilled + len(chunk)
+        logits = self.decoder.forward(
+            np.array([chunk], dtype=np.int64),
+            start=first.row,
+            lengths=np.array([end]),
+            logits_index=np.array([len(chunk) - 1]),
+            lora=self._lora([first]),
+        )
+        first.prefilled = first.length = end
+        self.stats["prompt_tokens_total"] += len(chunk)
+        if end < len(handle.request.prompt):
+            return
+        self._prefilling.popleft()
+        for seq in handle.sequences[1:]:
+            self.decoder.copy_rows(source=first.row, target=seq.row, length=end)
+            seq.length = end
+        for seq in handle.sequences:
+            if not seq.finished:
                 self._accept(seq, logits[0, -1])
 
     def _decode_step(self) -> None:
@@ -279,9 +290,21 @@ class Engine:
         self._recent.append((time.monotonic(), len(busy)))
         for row in busy:
             seq = rows[row]
+            if seq.finished:  # another choice of its request failed just now
+                continue
             seq.length += 1
             seq.pending = None
-            self._accept(seq, logits[row, 0])
+            self._contained(seq.handle, self._accept, seq, logits[row, 0])
+
+    def _contained(self, handle: RequestHandle, step, *args) -> bool:
+        """Run one request's part of a step; an error fails that request only. False if it failed."""
+        try:
+            step(*args)
+        except Exception as error:
+            log.exception("request %s failed", handle.id)
+            self._fail(handle, f"inference failed: {type(error).__name__}: {error}")
+            return False
+        return True
 
     def _accept(self, seq: Sequence, logits: np.ndarray) -> None:
         """Sample the next token from logits and send what it adds to the text."""

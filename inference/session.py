@@ -7,6 +7,9 @@ new keys in place: no copy of the cache per token, and no host round trip on CUD
 
 Two graphs share that cache: the base decoder, and (when an adapter is in the batch) the same decoder
 with banked per-row LoRA. A batch with no adapter never pays for LoRA.
+
+Rows are copied (n > 1 choices share one prefill) by a third, tiny graph, bound by pointer like the
+cache itself, so the copy happens on the cache's own device through the same code on CPU and CUDA.
 """
 
 import json
@@ -17,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from inference.graph import DecoderConfig
+from inference.config import DecoderConfig
 
 
 def choose_device(requested: str | None = None) -> str:
@@ -50,6 +53,16 @@ def session_options(threads: int | None = None) -> ort.SessionOptions:
     options.add_session_config_entry("session.intra_op.allow_spinning", "1")
     options.add_session_config_entry("session.force_spinning_stop", "1")
     return options
+
+
+# One Identity over a float vector of any length ("source" -> "target", opset 17), serialized here
+# rather than built with onnx so that serving never imports the model-building code; a test rebuilds
+# it with onnx.helper and compares. Bound to a span of one row and the same span of another, ORT
+# copies it in place on whatever device holds the cache: a memcpy on CPU, device to device on CUDA.
+SPAN_COPY_GRAPH = (
+    b'\x08\x08:T\n\x1a\n\x06source\x12\x06target"\x08Identity\x12\x08row_copyZ\x15\n\x06source\x12\x0b\n\t'
+    b"\x08\x01\x12\x05\n\x03\x12\x01nb\x15\n\x06target\x12\x0b\n\t\x08\x01\x12\x05\n\x03\x12\x01nB\x04\n\x00\x10\x11"
+)
 
 
 @dataclass
@@ -100,10 +113,7 @@ class DecoderSession:
             ]
             self._pointers = [value.data_ptr() for value in self.cache]
         self._bindings: dict[tuple[bool, int, int], ort.IOBinding] = {}  # (LoRA graph?, start, rows)
-
-    @property
-    def kv_bytes(self) -> int:
-        return self._row_bytes * self.max_rows * len(self.cache)
+        self._copier = ort.InferenceSession(SPAN_COPY_GRAPH, options, providers=[*cuda, "CPUExecutionProvider"])
 
     def forward(
         self,
@@ -162,11 +172,27 @@ class DecoderSession:
         return binding
 
     def copy_rows(self, *, source: int, target: int, length: int) -> None:
-        """Copy row source's first `length` positions to row target (n > 1 sharing one prefill, compaction)."""
-        if self.device != "cpu":
-            raise NotImplementedError("row copies on CUDA go through copy_rows_cuda")
-        for array in self.cache:
-            array[target, :, :length] = array[source, :, :length]
+        """Copy row source's first `length` positions to row target (n > 1 choices sharing one prefill).
+
+        A row is [kv_heads, capacity, head_dim], so each head's first `length` positions are one
+        contiguous span; each span is copied by the copy graph, on the cache's device.
+        """
+        if not (0 <= source < self.max_rows and 0 <= target < self.max_rows) or source == target:
+            raise IndexError(f"cannot copy row {source} to row {target} of {self.max_rows}")
+        if not 0 < length <= self.capacity:
+            raise ValueError(f"cannot copy {length} positions of a {self.capacity}-position row")
+        itemsize = np.dtype(self.dtype).itemsize
+        head_bytes = self.capacity * self.config.head_dim * itemsize
+        span = [length * self.config.head_dim]
+        binding = self._copier.io_binding()
+        for pointer in self._pointers:
+            for head in range(self.config.num_kv_heads):
+                offset = head * head_bytes
+                source_at = pointer + source * self._row_bytes + offset
+                target_at = pointer + target * self._row_bytes + offset
+                binding.bind_input("source", self.device, 0, self.dtype, span, source_at)
+                binding.bind_output("target", self.device, 0, self.dtype, span, target_at)
+                self._copier.run_with_iobinding(binding)
 
 
 def _config(session: ort.InferenceSession, model_path: Path) -> DecoderConfig:

@@ -15,10 +15,14 @@ import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 import httpx
 import pytest
+
+if TYPE_CHECKING:
+    from apps.registry.models import BaseModel
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 _services = ExitStack()
@@ -67,6 +71,23 @@ def _bootstrap(django_db_blocker) -> dict:
 def models_ready(django_db_setup, django_db_blocker):
     """Function-scoped because transactional tests flush the tables."""
     return _bootstrap(django_db_blocker)
+
+
+@pytest.fixture
+def stub_chat_model() -> BaseModel:
+    """A registered, ready chat model with no files behind it: enough for everything but generation."""
+    from apps.registry.models import BaseModel
+
+    return BaseModel.objects.create(
+        name="tiny-chat",
+        variant="q4",
+        kind=BaseModel.Kind.CHAT,
+        status=BaseModel.Status.READY,
+        content_hash="0" * 64,
+        path="/nonexistent/tiny-chat",
+        perplexity=12.5,
+        source_package="tests",
+    )
 
 
 def database_url(settings_dict: dict) -> str:
@@ -168,12 +189,14 @@ def inference_server(real_models):
 
 
 @contextmanager
-def celery_worker(name: str, *, queues: tuple[str, ...] | None = None) -> Iterator[subprocess.Popen]:
-    """A real `celery worker` process against the test database, up once it answers a ping."""
+def celery_worker(
+    name: str, *, queues: tuple[str, ...] | None = None, env: dict[str, str] | None = None
+) -> Iterator[subprocess.Popen]:
+    """A real `celery worker` process against the test database (with `env` on top), up once it answers a ping."""
     from config.celery import QUEUES, app, worker_argv
 
     argv = worker_argv(concurrency=1, name=f"{name}@%h", queues=queues or QUEUES)
-    with service_process(name, argv, stack_env()) as process:
+    with service_process(name, argv, stack_env(**(env or {}))) as process:
         deadline = time.monotonic() + 60
         while not app.control.ping(timeout=0.5, destination=[f"{name}@{os.uname().nodename}"]):
             if process.poll() is not None or time.monotonic() > deadline:

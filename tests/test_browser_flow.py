@@ -1,5 +1,9 @@
 """The whole product in a real browser: log in, build an assistant, chat with a streamed answer, reload
-mid-stream, open the token inspector, share the link, and chat through it anonymously.
+mid-stream, open the token inspector, use the playground, the API keys and the status page, share the link, chat
+through it anonymously, and work in the admin.
+
+All of it under the site's Content-Security-Policy: every page must carry the header, and the browser must
+report no violation, no dialog and no uncaught script error on any of them.
 
 Headless Debian chromium (Playwright) against the real stack: uvicorn, the Celery worker, Redis,
 Postgres and the inference server with the real SmolLM2. Screenshots of every step are kept in
@@ -11,8 +15,8 @@ import re
 import pytest
 from playwright.sync_api import expect
 
-from apps.accounts.services import user_create
-from tests.browser import login
+from apps.accounts.services import admin_ensure, user_create
+from tests.browser import BrowserWatch, browser_watch, login
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 PASSWORD = "correct horse battery staple"
@@ -22,6 +26,7 @@ STORY = "Write a long story about a lighthouse keeper and a storm."
 def test_build_chat_reload_inspect_share_and_chat_anonymously(web_server, browser, artifacts_dir, models_ready):
     user_create(username="grace", email="grace@example.com", password=PASSWORD)
     context = browser.new_context(viewport={"width": 1280, "height": 900})
+    watches = [browser_watch(context)]
     page = context.new_page()
     page.set_default_timeout(60_000)
 
@@ -76,6 +81,20 @@ def test_build_chat_reload_inspect_share_and_chat_anonymously(web_server, browse
     assert tokens.nth(3).locator(".tok-alt").count() == 5
     page.screenshot(path=artifacts_dir / "4-token-inspector.png", full_page=True)
 
+    # The playground's tokenizer, an API key, and the status page refreshing itself through htmx.
+    page.goto(f"{web_server}/playground/")
+    page.fill("#tok-text", "Hello, lighthouse.")
+    page.click("form:has(#tok-text) button[type=submit]")
+    expect(page.locator(".token-chip").first).to_be_visible()
+    page.goto(f"{web_server}/accounts/api-keys/")
+    page.fill("#api-key-name", "Browser test")
+    page.click("form:has(#api-key-name) button[type=submit]")
+    assert page.locator("#new-api-key").input_value().startswith("atl_")
+    page.goto(f"{web_server}/status")
+    with page.expect_response(lambda r: r.url.endswith("/status") and r.request.headers.get("hx-request") == "true"):
+        pass  # the page polls every 5 s
+    expect(page.locator("#checks")).to_be_visible()
+
     # 6. Share: make it link-visible and take the share URL from the edit page.
     page.goto(f"{web_server}/assistants/")
     page.click("text=Edit")
@@ -87,6 +106,7 @@ def test_build_chat_reload_inspect_share_and_chat_anonymously(web_server, browse
 
     # 7. A fresh anonymous browser context opens the link and chats.
     visitor = browser.new_context(viewport={"width": 1280, "height": 900})
+    watches.append(browser_watch(visitor))
     anonymous = visitor.new_page()
     anonymous.set_default_timeout(60_000)
     anonymous.goto(share_url)
@@ -108,3 +128,31 @@ def test_build_chat_reload_inspect_share_and_chat_anonymously(web_server, browse
     visitor.close()
     context.close()
     assert all((artifacts_dir / name).stat().st_size > 10_000 for name in ("2-streaming.png", "4-token-inspector.png"))
+
+    # 8. The admin: its own pages, scripts and styles run under the same policy.
+    admin_ensure(username="root", password=PASSWORD)
+    staff = browser.new_context(viewport={"width": 1280, "height": 900})
+    watches.append(browser_watch(staff))
+    admin = staff.new_page()
+    admin.set_default_timeout(60_000)
+    login(admin, web_server, "root", PASSWORD)
+    admin.goto(f"{web_server}/admin/")
+    admin.click("text=Conversations")
+    admin.locator("#result_list tbody a").first.click()  # a change form with its messages inline
+    expect(admin.locator(".inline-group")).to_be_visible()
+    admin.goto(f"{web_server}/admin/assistants/assistant/")
+    admin.locator("#result_list tbody input.action-select").first.check()
+    admin.select_option("select[name=action]", "unlist")
+    admin.click("button[name=index]")
+    expect(admin.locator(".messagelist")).to_be_visible()
+    admin.screenshot(path=artifacts_dir / "7-admin.png", full_page=True)
+    staff.close()
+
+    for watch in watches:
+        _assert_clean_under_csp(watch)
+
+
+def _assert_clean_under_csp(watch: BrowserWatch) -> None:
+    assert watch.documents and watch.documents_without_csp() == []
+    assert watch.violations == []
+    assert watch.dialogs == [] and watch.page_errors == []

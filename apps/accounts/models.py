@@ -19,6 +19,10 @@ class User(AbstractUser):
     """A person. `role` decides which areas they may enter; admins are exactly the staff users."""
 
     role = models.CharField(max_length=16, choices=Role.choices, default=Role.MEMBER)
+    # Off by default: only then may the labeling panel sample this person's chats as prompts.
+    data_sharing = models.BooleanField(
+        default=False, help_text="Allow my chat questions to be used as prompts for labeling (training data)."
+    )
 
     objects = AtelierUserManager()
 
@@ -42,10 +46,6 @@ class User(AbstractUser):
     @property
     def can_label(self) -> bool:
         return self.role in (Role.LABELER, Role.ADMIN)
-
-    @property
-    def is_admin(self) -> bool:
-        return self.role == Role.ADMIN
 
 
 class ApiKey(models.Model):

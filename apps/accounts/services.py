@@ -28,13 +28,6 @@ def user_create(*, username: str, email: str, password: str) -> User:
 
 
 @transaction.atomic
-def user_set_role(*, user: User, role: Role) -> User:
-    user.role = role
-    user.save(update_fields=["role"])
-    return user
-
-
-@transaction.atomic
 def admin_ensure(*, username: str, password: str | None) -> tuple[User, str | None]:
     """Make sure an admin account exists.
 
@@ -103,3 +96,9 @@ def api_key_authenticate(*, raw_key: str) -> User | None:
             Q(last_used_at__isnull=True) | Q(last_used_at__lte=now - LAST_USED_RESOLUTION)
         ).update(last_used_at=now)
     return api_key.user
+
+
+def data_sharing_set(*, user: User, allowed: bool) -> None:
+    """Whether the labeling panel may sample this person's chat questions as prompts (off by default)."""
+    user.data_sharing = allowed
+    user.save(update_fields=["data_sharing"])

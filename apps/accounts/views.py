@@ -9,7 +9,7 @@ from django.views.decorators.http import require_http_methods
 
 from apps.accounts.forms import SignupForm
 from apps.accounts.selectors import api_key_list
-from apps.accounts.services import AccountError, api_key_create, api_key_revoke, user_create
+from apps.accounts.services import AccountError, api_key_create, api_key_revoke, data_sharing_set, user_create
 
 
 @require_http_methods(["GET", "POST"])
@@ -64,3 +64,13 @@ def api_keys(request):
         "api_base_url": request.build_absolute_uri(reverse("api:models")).removesuffix("/models"),
     }
     return render(request, "accounts/api_keys.html", context)
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def account_settings(request):
+    if request.method == "POST":
+        data_sharing_set(user=request.user, allowed=request.POST.get("data_sharing") == "on")
+        messages.success(request, "Settings saved.")
+        return redirect("account_settings")
+    return render(request, "accounts/settings.html", {})

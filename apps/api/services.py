@@ -1,17 +1,21 @@
 """The API's work: turn an OpenAI-style request into the engine's, and relay the engine's answer.
 
-The assistant is applied here, server-side: its rendered instructions go first, its sampling settings
-are the defaults, and its adapter (or base model) is the engine model. The caller never names an engine
-model and cannot strip the instructions (the engine's `truncate_prompt_tokens` is not passed on).
+The assistant is applied here, server-side, by the same engine-request builder as chat: its rendered
+instructions go first, its sampling settings are the defaults, its adapter (or base model) is the engine
+model, and a conversation longer than the context window loses its oldest turns (the response's
+X-Atelier-Turns-Dropped header says how many). The caller never names an engine model and cannot strip
+the instructions (the engine's `truncate_prompt_tokens` is not passed on). An assistant with knowledge gets
+its passages in the prompt like chat; a non-streaming answer also says which passage each [n] names
+(`atelier_sources`), with markers naming none removed. A streamed answer's markers are relayed unchecked.
 """
 
+import dataclasses
 import json
 from collections.abc import AsyncIterator
 
 from apps.api.errors import ApiError
+from apps.assistants.engine import ContextTooSmall, EngineRequest, engine_request_build
 from apps.assistants.models import Assistant
-from apps.assistants.selectors import engine_settings
-from apps.chat.prompt import instructions_render
 from apps.core.inference_client import (
     InferenceBusy,
     InferenceError,
@@ -20,14 +24,10 @@ from apps.core.inference_client import (
     inference_chat_stream_async,
 )
 from apps.core.sse import sse_event
+from apps.knowledge.prompting import citations_finalize
+from inference.sampler import SAMPLING_BOUNDS
 
 ROLES = {"system", "developer", "user", "assistant"}
-# The engine's own bounds: (low, low inclusive, high). Outside them the request is refused with a 400.
-SAMPLING_BOUNDS = {
-    "temperature": (0.0, True, 2.0),
-    "top_p": (0.0, False, 1.0),
-    "repetition_penalty": (0.0, False, 10.0),
-}
 # Passed to the engine as given; it validates them and its 400s are passed back.
 PASS_THROUGH = (
     "n",
@@ -54,10 +54,9 @@ def _number(body: dict, name: str, default: float) -> float:
         return default
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise _invalid(f"{name} must be a number", name)
-    low, low_inclusive, high = SAMPLING_BOUNDS[name]
-    if not (value >= low if low_inclusive else value > low) or value > high:
-        bracket = "[" if low_inclusive else "("
-        raise _invalid(f"{name} must be in {bracket}{low:g}, {high:g}]", name)
+    bound = SAMPLING_BOUNDS[name]  # the engine's own: outside them it would refuse anyway
+    if value not in bound:
+        raise _invalid(f"{name} must be in {bound}", name)
     return value
 
 
@@ -100,27 +99,32 @@ def completion_request_parse(*, raw: bytes) -> dict:
     return body
 
 
-def completion_payload_build(*, assistant: Assistant, body: dict, user) -> dict:
-    """The engine's /v1/chat/completions body for an OpenAI-style `body` sent to `assistant`."""
+def completion_payload_build(*, assistant: Assistant, body: dict, user) -> EngineRequest:
+    """The engine request for an OpenAI-style `body` sent to `assistant`. Sync: it counts tokens."""
     version = assistant.current_version
     for name in UNSUPPORTED:
         if body.get(name):
             raise _invalid(f"{name} is not supported", name)
     if not isinstance(body.get("stream", False), bool):
         raise _invalid("stream must be true or false", "stream")
-    system = {"role": "system", "content": instructions_render(version=version, user_name=user.get_username())}
-    defaults = engine_settings(version=version)
-    payload = {
-        **defaults,
-        "messages": [system, *_messages(body)],
-        "temperature": _number(body, "temperature", defaults["temperature"]),
-        "top_p": _number(body, "top_p", defaults["top_p"]),
-        "repetition_penalty": _number(body, "repetition_penalty", defaults["repetition_penalty"]),
-        "max_tokens": _max_tokens(body, defaults["max_tokens"]),
-        "stream": body.get("stream", False),
+    sampling = {
+        name: _number(body, name, getattr(version, name)) for name in ("temperature", "top_p", "repetition_penalty")
     }
+    try:
+        request = engine_request_build(
+            version=version,
+            messages=_messages(body),
+            user_name=user.get_username(),
+            max_tokens=_max_tokens(body, version.max_tokens),
+            sampling=sampling,
+        )
+    except ContextTooSmall as error:
+        raise ApiError(400, str(error), param="messages", code="context_length_exceeded") from error
+    except InferenceError as error:
+        raise api_error_from_engine(error) from error
+    payload = {**request.body, "stream": body.get("stream", False)}
     payload.update({name: body[name] for name in PASS_THROUGH if body.get(name) is not None})
-    return payload
+    return dataclasses.replace(request, body=payload)
 
 
 # --- the engine -------------------------------------------------------------------------------------
@@ -153,12 +157,21 @@ def _relabel(data: dict, slug: str) -> dict:
     return data
 
 
-async def chat_completion_create(*, payload: dict, slug: str) -> dict:
-    """One non-streaming completion, labelled with the assistant's slug."""
+async def chat_completion_create(*, payload: dict, slug: str, sources: list[dict] | None = None) -> dict:
+    """One non-streaming completion, labelled with the assistant's slug. With knowledge `sources` (the
+    passages the engine request carried), each answer's citation markers are checked against them and the
+    response says what [1], [2]... name, in `atelier_sources` (number, document, page; never the text)."""
     try:
-        return _relabel(await inference_chat_async(body=payload), slug)
+        data = _relabel(await inference_chat_async(body=payload), slug)
     except InferenceError as error:
         raise api_error_from_engine(error) from error
+    if sources:
+        for choice in data.get("choices", []):
+            message = choice.get("message") or {}
+            if isinstance(message.get("content"), str):
+                message["content"] = citations_finalize(text=message["content"], sources=sources)
+        data["atelier_sources"] = [{"n": s["n"], "document": s["document"], "page": s.get("page")} for s in sources]
+    return data
 
 
 async def chat_completion_stream(*, payload: dict, slug: str) -> AsyncIterator[str]:

@@ -2,6 +2,7 @@
 
 from functools import wraps
 
+from asgiref.sync import sync_to_async
 from django.core.exceptions import RequestDataTooBig
 from django.http import JsonResponse
 from django.views.decorators.csrf import csrf_exempt
@@ -16,6 +17,9 @@ from apps.api.services import (
     completion_request_parse,
 )
 from apps.core.sse import sse_response
+
+# How many of the oldest turns were left out to fit the context window (0 when all fit), as chat drops them.
+TURNS_DROPPED_HEADER = "X-Atelier-Turns-Dropped"
 
 
 def _allow(*methods: str):
@@ -72,13 +76,20 @@ async def chat_completions(request):
         assistant = await api_model_get(user=request.user, slug=body["model"])
         if assistant is None:
             raise model_not_found()
-        payload = completion_payload_build(assistant=assistant, body=body, user=request.user)
-        if not payload["stream"]:
-            return JsonResponse(await chat_completion_create(payload=payload, slug=assistant.slug))
-        events = await chat_completion_stream(payload=payload, slug=assistant.slug)
+        engine_request = await sync_to_async(completion_payload_build)(
+            assistant=assistant, body=body, user=request.user
+        )
+        payload = engine_request.body
+        if payload["stream"]:
+            response = sse_response(await chat_completion_stream(payload=payload, slug=assistant.slug))
+        else:
+            response = JsonResponse(
+                await chat_completion_create(payload=payload, slug=assistant.slug, sources=engine_request.sources)
+            )
     except ApiError as error:
         return api_error_response(error)
-    return sse_response(events)
+    response[TURNS_DROPPED_HEADER] = str(engine_request.turns_dropped)
+    return response
 
 
 @csrf_exempt

@@ -1,7 +1,7 @@
 from django.contrib import admin, messages
 
-from apps.assistants.models import Assistant, AssistantReport, AssistantVersion
-from apps.assistants.services import assistant_reports_resolve, assistant_set_unlisted
+from apps.assistants.models import Assistant, AssistantReport, AssistantVersion, CanaryIncident
+from apps.assistants.services import assistant_reports_resolve, assistant_set_unlisted, assistant_visibility_set
 
 VERSION_FIELDS = (
     "number",
@@ -16,6 +16,10 @@ VERSION_FIELDS = (
     "max_tokens",
     "repetition_penalty",
     "knowledge_collections",
+    "knowledge_top_k",
+    "knowledge_min_score",
+    "knowledge_share_documents",
+    "canary",
     "created_by",
     "created_at",
 )
@@ -60,6 +64,17 @@ class AssistantAdmin(admin.ModelAdmin):
     inlines = [AssistantVersionInline]
     actions = ["unlist", "list_again"]
 
+    def has_add_permission(self, request):
+        return False  # assistants are made in the builder, with their first version
+
+    def save_model(self, request, obj, form, change):
+        """Writes go through the services, whose rules the admin must not skip (going private ends the
+        share link). Only visibility and unlisted are editable here."""
+        if "visibility" in form.changed_data:
+            assistant_visibility_set(assistant=obj, visibility=form.cleaned_data["visibility"])
+        if "unlisted" in form.changed_data:
+            assistant_set_unlisted(assistant=obj, unlisted=form.cleaned_data["unlisted"])
+
     @admin.action(description="Unlist from gallery")
     def unlist(self, request, queryset):
         count = _set_unlisted(queryset, unlisted=True)
@@ -103,3 +118,12 @@ class AssistantReportAdmin(admin.ModelAdmin):
         assistants = Assistant.objects.filter(pk__in=queryset.values("assistant_id"))
         count = _set_unlisted(assistants, unlisted=True)
         self.message_user(request, f"Unlisted {count} assistant(s).", messages.SUCCESS)
+
+
+@admin.register(CanaryIncident)
+class CanaryIncidentAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+    """Answers withheld because they wrote their version's canary (apps/chat/generation.py)."""
+
+    list_display = ("version", "message_id", "created_at")
+    fields = ("version", "message_id", "withheld_text", "created_at")
+    readonly_fields = fields

@@ -108,6 +108,31 @@ class AssistantForm(forms.Form):
         widget=forms.CheckboxSelectMultiple,
         label="Knowledge collections",
     )
+    # Optional in the form so a post from before these fields keeps the defaults.
+    knowledge_top_k = forms.IntegerField(
+        min_value=1, max_value=20, required=False, initial=4, label="Passages per answer"
+    )
+    knowledge_min_score = forms.FloatField(
+        min_value=0,
+        max_value=1,
+        required=False,
+        initial=0.0,
+        label="Minimum relevance",
+        help_text="0 to 1: leave out passages ranked low by both the meaning and the keyword search.",
+        widget=forms.NumberInput(attrs={"step": "0.05"}),
+    )
+    knowledge_share_documents = forms.BooleanField(
+        required=False,
+        label="Visitors may read whole cited documents",
+        help_text="Otherwise people chatting through a share link see only the cited passages.",
+    )
+    canary = forms.CharField(
+        max_length=64,
+        required=False,
+        label="Canary",
+        help_text="A secret word you also put in the instructions. An answer that repeats it is withheld and "
+        "recorded for you: a sign someone made the assistant reveal its instructions.",
+    )
     visibility = forms.ChoiceField(choices=Visibility.choices, initial=Visibility.PRIVATE, widget=forms.RadioSelect)
 
     def __init__(self, *args, owner, assistant: Assistant | None = None, **kwargs):
@@ -138,6 +163,10 @@ class AssistantForm(forms.Form):
             "max_tokens": version.max_tokens,
             "repetition_penalty": version.repetition_penalty,
             "knowledge_collections": list(version.knowledge_collections.all()),
+            "knowledge_top_k": version.knowledge_top_k,
+            "knowledge_min_score": version.knowledge_min_score,
+            "knowledge_share_documents": version.knowledge_share_documents,
+            "canary": version.canary,
             "visibility": assistant.visibility,
         }
 
@@ -161,6 +190,10 @@ class AssistantForm(forms.Form):
             max_tokens=data["max_tokens"],
             repetition_penalty=data["repetition_penalty"],
             knowledge_collections=tuple(data["knowledge_collections"]),
+            knowledge_top_k=data.get("knowledge_top_k") or AssistantConfig.knowledge_top_k,
+            knowledge_min_score=data.get("knowledge_min_score") or 0.0,
+            knowledge_share_documents=bool(data.get("knowledge_share_documents")),
+            canary=data.get("canary") or "",
         )
 
 

@@ -1,8 +1,8 @@
 """An assistant is a name and a share setting around a chain of immutable versions.
 
 Everything that shapes an answer (instructions, model, adapter, knowledge, sampling) lives on an
-`AssistantVersion`; every save makes a new one. Conversations, arena battles and ratings point at the
-version that produced them, so editing an assistant never rewrites history.
+`AssistantVersion`; every save makes a new one. Answers point at the version that wrote them, so
+editing an assistant never rewrites history.
 """
 
 from django.conf import settings
@@ -72,6 +72,18 @@ class AssistantVersion(models.Model):
     max_tokens = models.PositiveIntegerField(default=512)
     repetition_penalty = models.FloatField(default=1.1)
     knowledge_collections = models.ManyToManyField("knowledge.Collection", blank=True, related_name="+")
+    # --- knowledge retrieval (apps/knowledge/retrieval.py) ---
+    knowledge_top_k = models.PositiveSmallIntegerField(default=4, help_text="Passages retrieved per answer.")
+    knowledge_min_score = models.FloatField(
+        default=0.0, help_text="Leave out passages whose fused score (reciprocal rank fusion) is below this."
+    )
+    knowledge_share_documents = models.BooleanField(
+        default=False, help_text="Visitors may read whole cited documents, not only the cited passages."
+    )
+    canary = models.CharField(
+        max_length=64, blank=True, help_text="A secret string in the instructions; an answer that leaks it is withheld."
+    )
+    # --- end knowledge retrieval ---
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
     created_at = models.DateTimeField(auto_now_add=True)
 
@@ -91,6 +103,13 @@ class AssistantVersion(models.Model):
                 condition=Q(repetition_penalty__gte=1) & Q(repetition_penalty__lte=2),
                 name="assistantversion_repetition_penalty_1_2",
             ),
+            models.CheckConstraint(
+                condition=Q(knowledge_top_k__gte=1) & Q(knowledge_top_k__lte=20), name="assistantversion_top_k_1_20"
+            ),
+            models.CheckConstraint(
+                condition=Q(knowledge_min_score__gte=0) & Q(knowledge_min_score__lte=1),
+                name="assistantversion_min_score_0_1",
+            ),
         ]
 
     def __str__(self) -> str:
@@ -102,6 +121,22 @@ class AssistantVersion(models.Model):
         if len(self.starter_prompts) > MAX_STARTER_PROMPTS or not all(isinstance(p, str) for p in self.starter_prompts):
             raise ValueError(f"At most {MAX_STARTER_PROMPTS} starter prompts, each a string.")
         super().save(*args, **kwargs)
+
+
+class CanaryIncident(models.Model):
+    """An answer that wrote its version's canary (instructions leaking): the text was withheld from the
+    person chatting and kept here for the owner, who sees these on the assistant's page and in the admin."""
+
+    version = models.ForeignKey(AssistantVersion, on_delete=models.CASCADE, related_name="canary_incidents")
+    message_id = models.UUIDField(help_text="The withheld answer (chat.Message).")
+    withheld_text = models.TextField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"Canary leaked by {self.version} at {self.created_at:%Y-%m-%d %H:%M}"
 
 
 class AssistantReport(models.Model):

@@ -5,7 +5,7 @@ import hmac
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 
-from apps.assistants.models import Assistant, Visibility
+from apps.assistants.models import Assistant, CanaryIncident, Visibility
 from apps.registry.models import BaseModel
 from apps.registry.selectors import base_model_get_ready
 
@@ -69,13 +69,6 @@ def chat_model_default() -> BaseModel | None:
     return base_model_get_ready(kind=BaseModel.Kind.CHAT)
 
 
-def engine_settings(*, version) -> dict:
-    """What a version (or an unsaved AssistantConfig, which has the same fields) asks of the engine: its
-    model (the fine-tune's adapter, else the base model) and its sampling settings."""
-    return {
-        "model": version.adapter or version.base_model.name,
-        "temperature": version.temperature,
-        "top_p": version.top_p,
-        "repetition_penalty": version.repetition_penalty,
-        "max_tokens": version.max_tokens,
-    }
+def canary_incident_list(*, assistant: Assistant, limit: int = 20) -> QuerySet[CanaryIncident]:
+    """The newest answers withheld for writing the canary, for the owner's edit page."""
+    return CanaryIncident.objects.filter(version__assistant=assistant).select_related("version")[:limit]

@@ -46,6 +46,10 @@ class AssistantConfig:
     max_tokens: int = 512
     repetition_penalty: float = 1.1
     knowledge_collections: tuple[Collection, ...] = ()
+    knowledge_top_k: int = 4
+    knowledge_min_score: float = 0.0
+    knowledge_share_documents: bool = False
+    canary: str = ""
 
 
 def _validate(config: AssistantConfig, owner: User) -> None:
@@ -82,6 +86,10 @@ def _version_create(*, assistant: Assistant, config: AssistantConfig, actor: Use
         top_p=config.top_p,
         max_tokens=config.max_tokens,
         repetition_penalty=config.repetition_penalty,
+        knowledge_top_k=config.knowledge_top_k,
+        knowledge_min_score=config.knowledge_min_score,
+        knowledge_share_documents=config.knowledge_share_documents,
+        canary=config.canary.strip(),
         created_by=actor,
     )
     version.knowledge_collections.set(config.knowledge_collections)
@@ -111,17 +119,25 @@ def assistant_update(
     """Save a new version (the old one stays, for the conversations that used it) and the visibility."""
     assistant = Assistant.objects.select_for_update().get(pk=assistant.pk)
     _validate(config, assistant.owner)
+    assistant_visibility_set(assistant=assistant, visibility=visibility)
+    return _version_create(assistant=assistant, config=config, actor=actor)
+
+
+@transaction.atomic
+def assistant_visibility_set(*, assistant: Assistant, visibility: str) -> None:
+    """The one way visibility changes (the builder and the admin alike). Going private ends the share link
+    for good: making it shareable again issues a new one, so people who had the old link stay out."""
     if visibility not in Visibility.values:
         raise AssistantError("Unknown visibility.")
-    assistant.visibility = visibility
+    locked = Assistant.objects.select_for_update().get(pk=assistant.pk)
+    locked.visibility = visibility
     if visibility == Visibility.PRIVATE:
-        # Going private ends the link for good: making it shareable again issues a new one, so people
-        # who had the old link do not get back in.
-        assistant.share_token = assistant.share_expires_at = None
-    elif not assistant.share_token:
-        assistant.share_token = _new_share_token()
-    assistant.save(update_fields=["visibility", "share_token", "share_expires_at", "updated_at"])
-    return _version_create(assistant=assistant, config=config, actor=actor)
+        locked.share_token = locked.share_expires_at = None
+    elif not locked.share_token:
+        locked.share_token = _new_share_token()
+    locked.save(update_fields=["visibility", "share_token", "share_expires_at", "updated_at"])
+    assistant.visibility, assistant.share_token = locked.visibility, locked.share_token
+    assistant.share_expires_at = locked.share_expires_at
 
 
 @transaction.atomic

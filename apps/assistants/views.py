@@ -4,7 +4,6 @@ Every view that takes a slug checks the object permission itself, and answers 40
 assistant the user may not see, so addresses cannot be probed.
 """
 
-import json
 from pathlib import Path
 
 from asgiref.sync import sync_to_async
@@ -18,12 +17,13 @@ from django.urls import reverse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
+from apps.assistants.engine import EngineRequest, PreviewError, preview_request_build
 from apps.assistants.forms import AssistantForm, AvatarForm, ReportForm, ShareIssueForm
 from apps.assistants.models import Assistant
 from apps.assistants.selectors import (
     assistant_list_owned,
     can_chat,
-    engine_settings,
+    canary_incident_list,
     gallery_list,
     share_link_valid,
 )
@@ -37,12 +37,9 @@ from apps.assistants.services import (
     share_link_issue,
     share_link_revoke,
 )
-from apps.chat.prompt import instructions_text_render
-from apps.core.inference_client import InferenceError, inference_chat_stream_async
+from apps.core.inference_client import InferenceError, inference_chat_stream_async, stream_deltas_async
 from apps.core.sse import sse_event, sse_response
 
-PREVIEW_MAX_TURNS = 40
-PREVIEW_MAX_CHARS = 8000
 VERSION_HISTORY_SHOWN = 50
 
 
@@ -116,6 +113,7 @@ def assistant_edit(request, slug: str):
         "share_active": share_link_valid(assistant=assistant, token=assistant.share_token or ""),
         "versions": assistant.versions.select_related("base_model")[:VERSION_HISTORY_SHOWN],
         "chat_url": reverse("chat:start", args=[assistant.slug]),
+        "canary_incidents": canary_incident_list(assistant=assistant),
         "nav_active": "assistants",
     }
     return render(request, "assistants/form.html", context)
@@ -236,35 +234,15 @@ def assistant_report_view(request, slug: str):
 # Live preview: the edit form's current (unsaved) values, streamed from the inference server as SSE.
 
 
-class PreviewError(Exception):
-    pass
-
-
-def _preview_body(*, request, user, slug: str) -> dict:
-    """The engine request for the preview, from the posted form and conversation. Sync: it reads the DB."""
+def _preview_request(*, request, user, slug: str) -> EngineRequest:
+    """Sync: it reads the database and counts tokens."""
     assistant = get_object_or_404(assistant_list_owned(user=user), slug=slug)
     form = AssistantForm(request.POST, owner=user, assistant=assistant)
     if not form.is_valid():
         raise PreviewError("Fix the form first: " + _errors_text(form))
-    try:
-        conversation = json.loads(request.POST.get("conversation") or "[]")
-    except json.JSONDecodeError as error:
-        raise PreviewError("The preview conversation is not valid JSON.") from error
-    if not isinstance(conversation, list) or not conversation:
-        raise PreviewError("Write a message to preview the assistant.")
-    turns = []
-    for turn in conversation[-PREVIEW_MAX_TURNS:]:
-        if not isinstance(turn, dict) or turn.get("role") not in ("user", "assistant"):
-            raise PreviewError("Each preview message needs a role (user or assistant) and content.")
-        content = turn.get("content")
-        if not isinstance(content, str) or len(content) > PREVIEW_MAX_CHARS:
-            raise PreviewError(f"Each preview message must be text of at most {PREVIEW_MAX_CHARS} characters.")
-        turns.append({"role": turn["role"], "content": content})
-    if turns[-1]["role"] != "user" or not turns[-1]["content"].strip():
-        raise PreviewError("The preview conversation must end with your message.")
-    config = form.config()
-    system = instructions_text_render(text=config.instructions, user_name=user.get_username())
-    return {**engine_settings(version=config), "messages": [{"role": "system", "content": system}, *turns]}
+    return preview_request_build(
+        config=form.config(), conversation=request.POST.get("conversation", ""), user_name=user.get_username()
+    )
 
 
 def _preview_error(error: InferenceError, model: str) -> str:
@@ -286,12 +264,10 @@ async def _preview_events(body: dict):
         return
     finish_reason = ""
     try:
-        async for chunk in chunks:
-            for choice in chunk.get("choices", []):
-                text = (choice.get("delta") or {}).get("content") or ""
-                if text:
-                    yield sse_event({"text": text})
-                finish_reason = choice.get("finish_reason") or finish_reason
+        async for delta in stream_deltas_async(chunks):
+            if delta.text:
+                yield sse_event({"text": delta.text})
+            finish_reason = delta.finish_reason or finish_reason
     except InferenceError as error:
         yield sse_event({"message": _preview_error(error, body["model"])}, event="error")
         return
@@ -307,7 +283,9 @@ async def assistant_preview(request, slug: str):
     """Owner only. The conversation is not saved anywhere."""
     user = await request.auser()
     try:
-        body = await sync_to_async(_preview_body)(request=request, user=user, slug=slug)
+        engine_request = await sync_to_async(_preview_request)(request=request, user=user, slug=slug)
     except PreviewError as error:
         return JsonResponse({"error": str(error)}, status=400)
-    return sse_response(_preview_events(body))
+    except InferenceError as error:  # the engine could not count the preview's tokens
+        return JsonResponse({"error": str(error)}, status=503)
+    return sse_response(_preview_events(engine_request.body))

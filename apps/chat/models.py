@@ -72,6 +72,9 @@ class Message(models.Model):
     token_count = models.PositiveIntegerField(null=True, blank=True, help_text="This turn's tokens in the prompt.")
     # How the prompt filled the context window for this answer: the gauge and the "dropped turns" notice.
     context = models.JSONField(default=dict, blank=True)
+    # The knowledge passages the answer was given, numbered as the model cites them:
+    # [{n, chunk_id, document, document_id, version_id, page, start, end}] (apps/knowledge/prompting.py).
+    sources = models.JSONField(default=list, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

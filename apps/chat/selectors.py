@@ -108,3 +108,36 @@ def conversation_get_by_snapshot(*, token: str) -> Conversation | None:
         .filter(snapshot_token=token)
         .first()
     )
+
+
+def conversation_export_markdown(*, conversation: Conversation) -> str:
+    """The branch on screen as Markdown, for download."""
+    assistant = conversation.assistant.name
+    lines = [f"# {conversation.title or 'Conversation'}", "", f"With **{assistant}**, exported from Atelier.", ""]
+    for entry in conversation_thread(conversation=conversation):
+        who = "You" if entry.message.role == Message.Role.USER else assistant
+        lines += [f"### {who}", "", entry.message.content or f"_({entry.message.get_status_display()})_", ""]
+    return "\n".join(lines)
+
+
+def conversation_export_json(*, conversation: Conversation) -> dict:
+    """Every message, branches included, as a tree (parent ids); `current_leaf` marks the branch shown."""
+    return {
+        "id": str(conversation.pk),
+        "title": conversation.title,
+        "assistant": conversation.assistant.slug,
+        "created_at": conversation.created_at.isoformat(),
+        "current_leaf": str(conversation.current_leaf_id) if conversation.current_leaf_id else None,
+        "messages": [
+            {
+                "id": str(m.pk),
+                "parent": str(m.parent_id) if m.parent_id else None,
+                "role": m.role,
+                "content": m.content,
+                "status": m.status,
+                "assistant_version": m.assistant_version.number if m.assistant_version else None,
+                "created_at": m.created_at.isoformat(),
+            }
+            for m in conversation.messages.select_related("assistant_version").order_by("created_at")
+        ],
+    }

@@ -3,43 +3,23 @@ are never lost to a model failure, and the answer is generated in a worker wheth
 watching (reload, switch chats or devices: it keeps streaming)."""
 
 import secrets
-from datetime import timedelta
 
-from django.conf import settings
 from django.db import transaction
-from django.utils import timezone
 
 from apps.assistants.models import Assistant
 from apps.chat.live import reply_stop_request
 from apps.chat.models import Conversation, Message
+from apps.chat.tasks import reply_generate_task
+from apps.chat.titles import title_from
 
 MAX_MESSAGE_CHARS = 32_000
-
-
-# A streaming answer saves several times a second, and the engine client gives up after 120 s of
-# silence; an answer quiet for longer lost its worker (killed, or the machine went away).
-def _abandoned_after() -> timedelta:
-    return timedelta(seconds=settings.CHAT_ANSWER_ABANDONED_AFTER_SECONDS)
-
-
-TITLE_CHARS = 60
 
 
 class ChatError(Exception):
     """A domain error with a message fit for the person who caused it."""
 
 
-def title_from(text: str) -> str:
-    """The first line of the first question, cut at a word boundary."""
-    line = " ".join(text.split())
-    if len(line) <= TITLE_CHARS:
-        return line or "New chat"
-    return line[:TITLE_CHARS].rsplit(" ", 1)[0].rstrip(",.;:") + "…"
-
-
 def _queue_reply(reply: Message) -> None:
-    from apps.chat.tasks import reply_generate_task
-
     transaction.on_commit(lambda: reply_generate_task.delay(str(reply.pk)))
 
 
@@ -137,19 +117,6 @@ def reply_stop(*, message: Message) -> None:
     Message.objects.filter(pk=message.pk, status=Message.Status.PENDING).update(
         status=Message.Status.STOPPED, finish_reason="stopped"
     )
-
-
-def reply_fail_if_abandoned(*, message: Message) -> Message:
-    """Mark an answer whose worker vanished mid-stream as failed (keeping its text), so it can be retried."""
-    if message.status == Message.Status.STREAMING and message.updated_at < timezone.now() - _abandoned_after():
-        Message.objects.filter(pk=message.pk, status=Message.Status.STREAMING).update(
-            status=Message.Status.ERROR,
-            finish_reason="error",
-            error="The worker stopped while writing this answer. Retry to generate it again.",
-            updated_at=timezone.now(),
-        )
-        message.refresh_from_db()
-    return message
 
 
 @transaction.atomic

@@ -25,8 +25,10 @@ from apps.chat import services
 from apps.chat.live import reply_events_follow
 from apps.chat.models import Conversation, Message
 from apps.chat.ratelimit import anonymous_message_allow
-from apps.chat.rendering import answer_done_event, markdown_render
+from apps.chat.rendering import answer_done_event
 from apps.chat.selectors import (
+    conversation_export_json,
+    conversation_export_markdown,
     conversation_get_by_snapshot,
     conversation_get_for_viewer,
     conversation_list,
@@ -34,6 +36,7 @@ from apps.chat.selectors import (
     message_get_for_viewer,
 )
 from apps.core.inference_client import InferenceError, inference_complete, inference_tokenize
+from apps.core.rendering import untrusted_markdown_render
 from apps.core.sse import sse_event, sse_response
 from apps.registry.selectors import base_model_get_ready
 
@@ -66,7 +69,7 @@ def _rendered(entries) -> list:
     for entry in entries:
         message = entry.message
         if message.role == Message.Role.ASSISTANT and message.finished:
-            message.html = mark_safe(markdown_render(message.content))  # noqa: S308 (sanitized by nh3)
+            message.html = mark_safe(untrusted_markdown_render(message.content))  # noqa: S308 (sanitized)
     return entries
 
 
@@ -139,10 +142,7 @@ def _start(request, *, assistant: Assistant, share_token: str):
 @require_GET
 def conversation_detail(request, conversation_id):
     conversation = _conversation_or_404(request, conversation_id)
-    thread = conversation_thread(conversation=conversation)
-    for entry in thread:
-        services.reply_fail_if_abandoned(message=entry.message)  # updates the entry's message in place
-    thread = _rendered(thread)
+    thread = _rendered(conversation_thread(conversation=conversation))
     last_answer = next((e.message for e in reversed(thread) if e.message.role == Message.Role.ASSISTANT), None)
     context = {
         "conversation": conversation,
@@ -280,45 +280,13 @@ def conversation_export(request, conversation_id, fmt: str):
     conversation = _conversation_or_404(request, conversation_id)
     name = slugify(conversation.title) or "conversation"
     if fmt == "json":
-        body = json.dumps(_export_json(conversation), indent=2, ensure_ascii=False)
+        body = json.dumps(conversation_export_json(conversation=conversation), indent=2, ensure_ascii=False)
         response = HttpResponse(body, content_type="application/json; charset=utf-8")
-        response["Content-Disposition"] = f'attachment; filename="{name}.json"'
-        return response
-    response = HttpResponse(_export_markdown(conversation), content_type="text/markdown; charset=utf-8")
-    response["Content-Disposition"] = f'attachment; filename="{name}.md"'
+    else:
+        body = conversation_export_markdown(conversation=conversation)
+        response = HttpResponse(body, content_type="text/markdown; charset=utf-8")
+    response["Content-Disposition"] = f'attachment; filename="{name}.{fmt}"'
     return response
-
-
-def _export_markdown(conversation: Conversation) -> str:
-    assistant = conversation.assistant.name
-    lines = [f"# {conversation.title or 'Conversation'}", "", f"With **{assistant}**, exported from Atelier.", ""]
-    for entry in conversation_thread(conversation=conversation):
-        who = "You" if entry.message.role == Message.Role.USER else assistant
-        lines += [f"### {who}", "", entry.message.content or f"_({entry.message.get_status_display()})_", ""]
-    return "\n".join(lines)
-
-
-def _export_json(conversation: Conversation) -> dict:
-    """Every message, branches included, as a tree (parent ids); `current_leaf` marks the branch shown."""
-    return {
-        "id": str(conversation.pk),
-        "title": conversation.title,
-        "assistant": conversation.assistant.slug,
-        "created_at": conversation.created_at.isoformat(),
-        "current_leaf": str(conversation.current_leaf_id) if conversation.current_leaf_id else None,
-        "messages": [
-            {
-                "id": str(m.pk),
-                "parent": str(m.parent_id) if m.parent_id else None,
-                "role": m.role,
-                "content": m.content,
-                "status": m.status,
-                "assistant_version": m.assistant_version.number if m.assistant_version else None,
-                "created_at": m.created_at.isoformat(),
-            }
-            for m in conversation.messages.select_related("assistant_version").order_by("created_at")
-        ],
-    }
 
 
 @require_GET
@@ -343,17 +311,13 @@ async def message_events(request, message_id):
     """
     message = await sync_to_async(_message_or_404)(request, message_id)
 
-    async def refreshed() -> Message:
-        current = await Message.objects.aget(pk=message.pk)
-        return await sync_to_async(services.reply_fail_if_abandoned)(message=current)
-
     async def events():
         if message.finished:
             yield sse_event(answer_done_event(message), event="done")
             return
         async for event, data in reply_events_follow(message_id=message.pk):
             if event == "idle":  # quiet: was it stopped in the queue, or did its stream expire?
-                current = await refreshed()
+                current = await Message.objects.aget(pk=message.pk)
                 if current.finished:
                     yield sse_event(answer_done_event(current), event="done")
                     return

@@ -3,15 +3,16 @@ worker and the API.
 
 Failures become domain errors with messages fit for the person chatting; callers never see an httpx
 exception. Each error keeps the engine's status, `code` and `param`, so the API can relay them.
-Synchronous callers share one connection pool per process (the worker's prompt budgeting makes several
-/tokenize calls per answer); async callers open a client per request, since a pool cannot outlive the
-event loop it was made on.
+Synchronous callers share one connection pool per process (every answer's prompt budget calls
+/tokenize first); async callers open a client per request, since a pool cannot outlive the event loop
+it was made on. `stream_deltas` turns a chat stream into text and logprob deltas for every caller.
 """
 
 import functools
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
 from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
 
 import httpx
 from django.conf import settings
@@ -20,6 +21,9 @@ CONNECT_TIMEOUT = 5.0
 READ_TIMEOUT = 120.0  # a long queue wait before the first token is still normal under load
 HEALTH_TIMEOUT = 1.0  # the status page probes several services and must answer quickly
 CHAT_PATH = "/v1/chat/completions"
+TOKENIZE_BATCH = 256  # conversations per /tokenize call (the engine's limit)
+EMBEDDING_MODEL = "all-minilm-l6-v2"
+EMBEDDING_BATCH = 256  # inputs per /v1/embeddings call (the engine's limit)
 
 
 class InferenceError(Exception):
@@ -127,6 +131,27 @@ def inference_tokenize(
     return _post("/tokenize", body)
 
 
+def inference_token_counts(*, model: str, conversations: list[list[dict]]) -> dict:
+    """`{"counts": [...], "max_model_len"}`: each conversation's tokens through the chat template, with
+    the generation prompt, in as few calls as the engine's batch limit allows."""
+    counts, window = [], None
+    for start in range(0, len(conversations), TOKENIZE_BATCH):
+        batch = conversations[start : start + TOKENIZE_BATCH]
+        answer = _post("/tokenize", {"model": model, "conversations": batch})
+        counts += answer["counts"]
+        window = answer["max_model_len"]
+    return {"counts": counts, "max_model_len": window}
+
+
+def inference_embed(*, texts: list[str], model: str = EMBEDDING_MODEL) -> list[list[float]]:
+    """Each text's normalized embedding, in order, in as few calls as the engine's batch limit allows."""
+    vectors: list[list[float]] = []
+    for start in range(0, len(texts), EMBEDDING_BATCH):
+        answer = _post("/v1/embeddings", {"model": model, "input": texts[start : start + EMBEDDING_BATCH]})
+        vectors += [item["embedding"] for item in sorted(answer["data"], key=lambda item: item["index"])]
+    return vectors
+
+
 def inference_complete(*, body: dict) -> dict:
     """One non-streaming `/v1/completions` call (the playground's document simulator)."""
     return _post("/v1/completions", {**body, "stream": False})
@@ -197,3 +222,47 @@ async def _chunks_async(stack: AsyncExitStack, response: httpx.Response) -> Asyn
                     yield chunk
         except httpx.HTTPError as error:
             raise _unavailable(error) from error
+
+
+# --- reading a stream -------------------------------------------------------------------------------
+
+
+@dataclass
+class Delta:
+    """What one streamed chunk adds to one choice: its text, its tokens as compact logprob entries
+    ([token, logprob, [[alternative, logprob], ...]], when logprobs were asked for), and how it ended."""
+
+    index: int
+    text: str = ""
+    tokens: list[list] = field(default_factory=list)
+    finish_reason: str | None = None
+
+
+def chunk_deltas(chunk: dict) -> list[Delta]:
+    deltas = []
+    for choice in chunk.get("choices", []):
+        entries = (choice.get("logprobs") or {}).get("content") or []
+        tokens = [
+            [
+                e["token"],
+                round(e["logprob"], 4),
+                [[t["token"], round(t["logprob"], 4)] for t in e.get("top_logprobs", [])],
+            ]
+            for e in entries
+        ]
+        text = (choice.get("delta") or {}).get("content") or ""
+        deltas.append(Delta(choice.get("index", 0), text, tokens, choice.get("finish_reason")))
+    return deltas
+
+
+def stream_deltas(chunks: Iterable[dict]) -> Iterator[Delta]:
+    """A chat stream (inference_chat_stream) as deltas."""
+    for chunk in chunks:
+        yield from chunk_deltas(chunk)
+
+
+async def stream_deltas_async(chunks: AsyncIterable[dict]) -> AsyncIterator[Delta]:
+    """A chat stream (inference_chat_stream_async) as deltas."""
+    async for chunk in chunks:
+        for delta in chunk_deltas(chunk):
+            yield delta

@@ -7,4 +7,5 @@ urlpatterns = [
     path("status", views.status, name="status"),
     path("healthz", views.healthz, name="healthz"),
     path("area/<slug:slug>/", views.area, name="area"),
+    path("out", views.outbound, name="outbound"),
 ]

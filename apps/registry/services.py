@@ -108,7 +108,7 @@ def artifact_verify(*, directory: Path) -> dict:
     return manifest
 
 
-def _reference_perplexity(spec: ModelSpec, models_dir: Path, own: float) -> float:
+def _reference_perplexity(spec: ModelSpec, own: float) -> float:
     if spec.variant == spec.reference_variant:
         return own
     reference = BaseModel.objects.filter(name=spec.name, variant=spec.reference_variant, status="ready").first()
@@ -145,7 +145,7 @@ def _build(
         if spec.kind == BaseModel.Kind.CHAT:
             report("measuring perplexity against the fp32 reference", 0.95)
             perplexity = export.perplexity(onnx_dir=staging / "onnx")
-            reference = _reference_perplexity(spec, models_dir, perplexity)
+            reference = _reference_perplexity(spec, perplexity)
             export.perplexity_gate(reference=reference, candidate=perplexity, variant=spec.variant)
         manifest = {
             "name": spec.name,

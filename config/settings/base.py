@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import environ
+from csp.constants import NONCE, NONE, SELF
 
 from config import embedded
 
@@ -25,6 +26,7 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    "csp",
     "apps.core",
     "apps.accounts",
     "apps.registry",
@@ -32,13 +34,17 @@ INSTALLED_APPS = [
     "apps.assistants",
     "apps.chat",
     "apps.api",
+    "apps.arena",
+    "apps.labeling",
 ]
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "csp.middleware.CSPMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
+    "apps.core.middleware.SameOriginNullOriginMiddleware",  # form posts under Referrer-Policy: no-referrer
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
@@ -99,6 +105,18 @@ CELERY_RESULT_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_RESULT_EXPIRES = 24 * 3600
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# Answers and titles stream on the `chat` queue (a threaded worker); everything else defaults to `default`.
+CELERY_TASK_ROUTES = {
+    "chat.reply_generate": {"queue": "chat"},
+    "chat.conversation_title": {"queue": "chat"},
+    "knowledge.document_ingest": {"queue": "ingest"},  # one task per document version (apps/knowledge/services.py)
+}
+# Periodic tasks, sent by one `celery beat` process (make run starts it; compose has a `beat` service).
+CELERY_BEAT_SCHEDULE = {
+    "chat-replies-fail-abandoned": {"task": "chat.replies_fail_abandoned", "schedule": 30.0},
+    "arena-answers-fail-abandoned": {"task": "arena.battle_answers_fail_abandoned", "schedule": 30.0},
+    "knowledge-versions-fail-stale": {"task": "knowledge.versions_fail_stale", "schedule": 60.0},
+}
 
 # --- Inference engine (a separate process; see inference/) ---------------------------------------
 INFERENCE_URL = env("INFERENCE_URL", default="http://127.0.0.1:8001")
@@ -110,6 +128,21 @@ ATELIER_ANONYMOUS_SHARING = env.bool("ATELIER_ANONYMOUS_SHARING", default=True)
 ATELIER_ANONYMOUS_MESSAGES_PER_HOUR = env.int("ATELIER_ANONYMOUS_MESSAGES_PER_HOUR", default=30)
 # An answer that saved nothing for this long lost its worker; it is marked failed and can be retried.
 CHAT_ANSWER_ABANDONED_AFTER_SECONDS = env.int("CHAT_ANSWER_ABANDONED_AFTER_SECONDS", default=150)
+
+# --- Arena ---------------------------------------------------------------------------------------
+ARENA_VOTES_PER_DAY = env.int("ARENA_VOTES_PER_DAY", default=200)  # votes over it are kept but not rated
+ARENA_MIN_VOTES = env.int("ARENA_MIN_VOTES", default=10)  # before a version is ranked
+ARENA_BT_L2 = env.float("ARENA_BT_L2", default=0.5)  # Bradley–Terry's weak prior (apps.arena.ratings)
+ARENA_BOOTSTRAP_ROUNDS = env.int("ARENA_BOOTSTRAP_ROUNDS", default=1000)
+ARENA_REFRESH_DELAY_SECONDS = env.float("ARENA_REFRESH_DELAY_SECONDS", default=2.0)  # votes batched per refit
+ARENA_REFRESH_LOCK_SECONDS = 120  # a lost refresh task frees its board after this
+ARENA_OUTLIER_MIN_VOTES = env.int("ARENA_OUTLIER_MIN_VOTES", default=10)
+ARENA_OUTLIER_ALPHA = env.float("ARENA_OUTLIER_ALPHA", default=0.001)
+
+# --- Knowledge -----------------------------------------------------------------------------------
+KNOWLEDGE_MAX_UPLOAD_MB = env.int("KNOWLEDGE_MAX_UPLOAD_MB", default=50)
+# An ingestion whose worker saved no progress for this long lost its worker; it is marked failed, retryable.
+KNOWLEDGE_INGEST_STALE_SECONDS = env.int("KNOWLEDGE_INGEST_STALE_SECONDS", default=300)
 
 # --- Accounts ------------------------------------------------------------------------------------
 AUTH_USER_MODEL = "accounts.User"
@@ -138,10 +171,37 @@ STATIC_ROOT = None  # whitenoise serves straight from the finders; production co
 WHITENOISE_USE_FINDERS = True
 MEDIA_URL = "media/"
 
-SESSION_COOKIE_HTTPONLY = True
-X_FRAME_OPTIONS = "DENY"
+# --- Untrusted text (model output, documents): see apps/core/rendering.py ---------------------------
+# Links per rendered answer; the rest stay text. Enough for a list of sources, too few to hide one among many.
+ATELIER_RENDER_MAX_LINKS = env.int("ATELIER_RENDER_MAX_LINKS", default=25)
+
+# --- Security headers and cookies ---------------------------------------------------------------------
+# The Content-Security-Policy (django-csp) is the backstop if untrusted text ever got past the renderer:
+# nothing loads from or connects to another origin, no inline script runs without the per-request nonce (no
+# page uses one today; `nonce="{{ request.csp_nonce }}"` is the one way to add an inline script), no inline
+# style or style attribute applies, and the site cannot be framed. Every page, Django's admin included, works
+# under it: tests/test_browser_flow.py walks them in Chromium and fails on any violation.
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": [SELF],
+        "script-src": [SELF, NONCE],
+        "style-src": [SELF],
+        "img-src": [SELF, "data:"],
+        "connect-src": [SELF],
+        "frame-src": [NONE],
+        "object-src": [NONE],
+        "base-uri": [NONE],
+        "form-action": [SELF],
+        "frame-ancestors": [NONE],
+    }
+}
+SECURE_REFERRER_POLICY = "no-referrer"  # links out of the site leak nothing, not even the origin
 SECURE_CONTENT_TYPE_NOSNIFF = True
-SECURE_REFERRER_POLICY = "same-origin"
+X_FRAME_OPTIONS = "DENY"
+SESSION_COOKIE_HTTPONLY = True
+SESSION_COOKIE_SAMESITE = "Lax"  # Strict would sign out a visitor arriving by a share link from elsewhere
+CSRF_COOKIE_HTTPONLY = True  # scripts take the token from the page, never from the cookie
+CSRF_COOKIE_SAMESITE = "Lax"
 
 LOGGING = {
     "version": 1,

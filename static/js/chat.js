@@ -58,7 +58,7 @@
     source.addEventListener("done", function (event) {
       var data = JSON.parse(event.data);
       source.close();
-      body.innerHTML = data.html; // rendered and sanitized on the server (apps/chat/rendering.py)
+      body.innerHTML = data.html; // rendered and sanitized on the server (apps/core/rendering.py)
       body.classList.remove("msg-streaming");
       body.classList.add("prose");
       article.classList.remove("is-streaming");
@@ -70,6 +70,21 @@
       if (error && data.error) { error.textContent = data.error; error.hidden = false; }
       var truncated = article.querySelector("[data-truncated]");
       if (truncated) truncated.hidden = data.finish_reason !== "length";
+      if (data.sources && data.sources.length && !article.querySelector(".msg-sources")) {
+        // knowledge: the answer's sources, built as text nodes (file names are untrusted)
+        var list = document.createElement("ol");
+        list.className = "msg-sources";
+        list.setAttribute("aria-label", "Sources");
+        data.sources.forEach(function (s) {
+          var link = document.createElement("a");
+          link.href = s.url;
+          link.textContent = "[" + s.n + "] " + s.document + (s.page ? ", page " + s.page : "");
+          var item = document.createElement("li");
+          item.appendChild(link);
+          list.appendChild(item);
+        });
+        body.insertAdjacentElement("afterend", list);
+      }
       article.querySelectorAll("[data-stop-button]").forEach(function (b) { b.hidden = true; });
       article.querySelectorAll("[data-inspect], [data-when-finished]").forEach(function (el) { el.hidden = false; });
       document.querySelectorAll("[data-send]").forEach(function (b) { b.disabled = false; });

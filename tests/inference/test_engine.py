@@ -90,6 +90,39 @@ def test_steps_on_the_same_rows_with_other_shapes_reuse_the_binding_correctly(ti
     np.testing.assert_allclose(first[0], expected[:n], atol=2e-4)  # an earlier result is not overwritten
 
 
+def test_the_span_copy_graph_is_what_onnx_builds():
+    # session.py carries it serialized so that serving never imports onnx; it must stay this graph.
+    from onnx import TensorProto, helper
+
+    from inference.session import SPAN_COPY_GRAPH
+
+    vector = [helper.make_tensor_value_info(name, TensorProto.FLOAT, ["n"]) for name in ("source", "target")]
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["source"], ["target"])], "row_copy", [vector[0]], [vector[1]]
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    assert model.SerializeToString() == SPAN_COPY_GRAPH
+
+
+def test_copy_rows_copies_a_prefix_on_the_caches_device_and_decodes_the_same(tiny):
+    session = DecoderSession(tiny["root"] / "dense", max_rows=3, capacity=64)
+    n = len(PROMPT)
+    session.forward(np.array([PROMPT]), start=0, lengths=np.array([n]), logits_index=np.array([n - 1]))
+    session.forward(np.array([[9, 9, 9]]), start=2, lengths=np.array([3]), logits_index=np.array([2]))  # not a prefix
+    before = [layer[2, :, n:].copy() for layer in session.cache]
+    session.copy_rows(source=0, target=2, length=n)
+    for layer, beyond in zip(session.cache, before, strict=True):
+        np.testing.assert_array_equal(layer[2, :, :n], layer[0, :, :n])
+        np.testing.assert_array_equal(layer[2, :, n:], beyond)  # only the prefix moved
+    step = session.forward(
+        np.array([[11], [0], [11]]), start=0, lengths=np.array([n + 1, 1, n + 1]), logits_index=np.array([0])
+    )
+    np.testing.assert_allclose(step[2, 0], step[0, 0], atol=1e-6)
+    np.testing.assert_allclose(step[0, 0], torch_logits(tiny["model"], [*PROMPT, 11])[-1], atol=2e-4)
+    with pytest.raises(IndexError):
+        session.copy_rows(source=0, target=3, length=n)
+
+
 def test_quantized_graph_computes_exactly_its_dequantized_weights(tiny):
     # The q4 graph (MatMulNBits + offset correction, int8 activations) against a dense graph holding the
     # very weights the blocks decode to: only activation rounding may differ.
@@ -391,6 +424,48 @@ def test_seeded_sampling_repeats_and_n_choices_share_one_prefill(engine_parts):
     assert first["usage"]["completion_tokens"] == 60
 
 
+def test_a_failure_in_one_request_fails_it_alone_while_the_others_stream_on(engine_parts, monkeypatch):
+    # Sampling is per row: break it for one request (marked by its seed), mid-answer, in prefill and in decode.
+    from inference import scheduler
+
+    class FlakySampler(scheduler.Sampler):
+        FAIL_AT_TOKEN = {666: 4, 777: 1}  # seed -> the token whose sampling fails (1: in the prefill step)
+
+        def choose(self, logits):
+            self.tokens = getattr(self, "tokens", 0) + 1
+            if self.tokens >= self.FAIL_AT_TOKEN.get(self.params.seed, float("inf")):
+                raise RuntimeError("injected failure")
+            return super().choose(logits)
+
+    monkeypatch.setattr(scheduler, "Sampler", FlakySampler)
+    engine = make_engine(engine_parts)
+
+    async def outcome(request):
+        try:
+            return await run_request(engine, request)
+        except AssertionError as error:  # run_request turns an error event into an AssertionError
+            return str(error)
+
+    async def scenario():
+        alone = await run_request(engine, greedy(20))
+        in_decode = greedy(20, params={"seed": 666})
+        in_prefill = GenerationRequest(
+            PROMPT, SamplingParams(temperature=0.0, seed=777), max_tokens=20, n=2, ignore_eos=True
+        )
+        results = await asyncio.gather(
+            outcome(greedy(20)), outcome(in_decode), outcome(in_prefill), outcome(greedy(20))
+        )
+        return alone, results, engine.snapshot()
+
+    try:
+        alone, (first, failed_in_decode, failed_in_prefill, last), snapshot = asyncio.run(scenario())
+    finally:
+        engine.shutdown()
+    assert "injected failure" in failed_in_decode and "injected failure" in failed_in_prefill
+    assert first["tokens"] == alone["tokens"] and last["tokens"] == alone["tokens"]
+    assert snapshot["kv_rows_in_use"] == 0  # the failed requests' rows were freed
+
+
 def test_stop_sequences_end_the_text_before_them(engine_parts):
     engine = make_engine(engine_parts)
     try:
@@ -447,7 +522,8 @@ def test_a_prompt_longer_than_the_context_is_refused(engine_parts):
 def test_api_key_queue_full_and_loopback_rules(engine_parts):
     from starlette.testclient import TestClient
 
-    from inference.server import Runtime, create_app, main
+    from inference.routes import Runtime, create_app
+    from inference.server import main
 
     engine = make_engine(engine_parts, max_rows=1, max_queue=1)
     runtime = Runtime(engine=engine, tokenizer=engine_parts["tokenizer"], adapters=None, embedder=None)

@@ -12,7 +12,7 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
 from apps.core.supervisor import CrashLoop, Program, Supervisor
-from config.celery import QUEUES, worker_argv
+from config.celery import QUEUES, beat_argv, worker_argv
 
 
 def _wait_for_http(url: str, timeout: float) -> bool:
@@ -45,7 +45,7 @@ class Command(BaseCommand):
             if not skip_bootstrap:
                 call_command("bootstrap_models")
             call_command("ensure_admin")
-            self.stdout.write("Starting web, worker and inference …")
+            self.stdout.write("Starting web, workers, beat and inference …")
             threading.Thread(target=self._announce_when_up, args=(host, port, started), daemon=True).start()
             Supervisor(self._programs(host, port)).run()
         except CrashLoop as error:
@@ -88,6 +88,7 @@ class Command(BaseCommand):
                 ),
                 settings_env,
             ),
+            Program("beat", beat_argv(schedule_file=str(settings.VAR_DIR / "celerybeat-schedule")), settings_env),
             Program(
                 "chat-worker",
                 worker_argv(concurrency=chat_concurrency, name="chat@%h", queues=("chat",), pool="threads"),
