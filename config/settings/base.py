@@ -36,6 +36,7 @@ INSTALLED_APPS = [
     "apps.api",
     "apps.arena",
     "apps.labeling",
+    "apps.finetune",
 ]
 
 MIDDLEWARE = [
