@@ -8,6 +8,7 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("accounts/", include("apps.accounts.urls")),
     path("assistants/", include("apps.assistants.urls")),
+    path("assistants/", include("apps.loop.urls")),
     path("knowledge/", include("apps.knowledge.urls")),
     path("", include("apps.chat.urls")),
     path("api/v1/", include("apps.api.urls")),

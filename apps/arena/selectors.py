@@ -35,6 +35,13 @@ def arena_versions(*, mode: str, user) -> QuerySet[AssistantVersion]:
     )
 
 
+def draft_parent_pairs(*, versions: QuerySet[AssistantVersion]) -> set[tuple[int, int]]:
+    """Each draft among `versions` with its parent, when the parent is among them too (as `pair_key`s)."""
+    ids = set(versions.values_list("pk", flat=True))
+    drafts = versions.filter(published_at__isnull=True, parent__isnull=False).values_list("pk", "parent_id")
+    return {pair_key(draft, parent) for draft, parent in drafts if parent in ids}
+
+
 def battle_scope(*, mode: str, owner=None) -> QuerySet[Battle]:
     """The battles behind one leaderboard: every public one, or one user's own arena."""
     battles = Battle.objects.filter(mode=mode)

@@ -18,7 +18,7 @@ from apps.arena.hygiene import identity_leak
 from apps.arena.leaderboard import leaderboard_refresh_claim
 from apps.arena.models import Battle, BattleAnswer, BattleTurn, Exclusion, Mode, Outcome, Side
 from apps.arena.sampler import NotEnoughVersions, pair_sample
-from apps.arena.selectors import arena_versions, pair_vote_counts
+from apps.arena.selectors import arena_versions, draft_parent_pairs, pair_vote_counts
 from apps.arena.tasks import battle_answer_generate_task, leaderboard_refresh_task
 from apps.assistants.models import AssistantVersion
 from apps.core.unicode import unicode_clean
@@ -84,6 +84,7 @@ def battle_start(
                 versions=list(allowed.values_list("pk", flat=True)),
                 pair_votes=pair_vote_counts(mode=mode, owner=user),
                 rng=rng or random.SystemRandom(),
+                draft_parent_pairs=draft_parent_pairs(versions=allowed),
             )
         except NotEnoughVersions as error:
             raise ArenaError(str(error)) from error

@@ -3,11 +3,18 @@
 Everything that shapes an answer (instructions, model, adapter, knowledge, sampling) lives on an
 `AssistantVersion`; every save makes a new one. Answers point at the version that wrote them, so
 editing an assistant never rewrites history.
+
+Drafts. The learning loop (apps/loop) makes a version from a fine-tune as a *draft*: `published_at` is
+null and it is never the assistant's current version, so chat, the API, sharing and the public arena never
+see it; only its owner meets it, in My arena, against its `parent` (the version it was improved from).
+`assistant_version_publish` makes it current and stamps `published_at`, the one field of a version written
+after it is created (a guarded queryset update; `save()` still refuses every change). A version saved in
+the builder is published when it is made.
 """
 
 from django.conf import settings
 from django.db import models
-from django.db.models import Q
+from django.db.models import F, Q
 
 MAX_STARTER_PROMPTS = 4
 
@@ -84,6 +91,19 @@ class AssistantVersion(models.Model):
         max_length=64, blank=True, help_text="A secret string in the instructions; an answer that leaks it is withheld."
     )
     # --- end knowledge retrieval ---
+    # --- the learning loop: drafts and lineage ---
+    parent = models.ForeignKey(
+        "self",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="children",
+        help_text="The version this one was improved from (a fine-tune of it).",
+    )
+    published_at = models.DateTimeField(
+        null=True, blank=True, help_text="When it became usable; null while it is a draft awaiting its owner."
+    )
+    # --- end the learning loop ---
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
     created_at = models.DateTimeField(auto_now_add=True)
 
@@ -91,6 +111,7 @@ class AssistantVersion(models.Model):
         ordering = ["assistant", "-number"]
         constraints = [
             models.UniqueConstraint(fields=["assistant", "number"], name="assistantversion_unique_number"),
+            models.CheckConstraint(condition=~Q(parent=F("pk")), name="assistantversion_not_own_parent"),
             models.CheckConstraint(condition=Q(number__gte=1), name="assistantversion_number_positive"),
             models.CheckConstraint(
                 condition=Q(temperature__gte=0) & Q(temperature__lte=2), name="assistantversion_temperature_0_2"
@@ -121,6 +142,10 @@ class AssistantVersion(models.Model):
         if len(self.starter_prompts) > MAX_STARTER_PROMPTS or not all(isinstance(p, str) for p in self.starter_prompts):
             raise ValueError(f"At most {MAX_STARTER_PROMPTS} starter prompts, each a string.")
         super().save(*args, **kwargs)
+
+    @property
+    def is_draft(self) -> bool:
+        return self.published_at is None
 
 
 class CanaryIncident(models.Model):

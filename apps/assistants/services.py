@@ -2,7 +2,7 @@
 
 import io
 import secrets
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 from django.conf import settings
@@ -71,7 +71,15 @@ def _unique_slug(name: str) -> str:
     return slug
 
 
-def _version_create(*, assistant: Assistant, config: AssistantConfig, actor: User) -> AssistantVersion:
+def _version_create(
+    *,
+    assistant: Assistant,
+    config: AssistantConfig,
+    actor: User,
+    parent: AssistantVersion | None = None,
+    draft: bool = False,
+) -> AssistantVersion:
+    """The next version from `config`: current at once, or a draft that nothing uses until it is published."""
     last = assistant.versions.order_by("-number").values_list("number", flat=True).first() or 0
     version = AssistantVersion.objects.create(
         assistant=assistant,
@@ -90,9 +98,59 @@ def _version_create(*, assistant: Assistant, config: AssistantConfig, actor: Use
         knowledge_min_score=config.knowledge_min_score,
         knowledge_share_documents=config.knowledge_share_documents,
         canary=config.canary.strip(),
+        parent=parent,
+        published_at=None if draft else timezone.now(),
         created_by=actor,
     )
     version.knowledge_collections.set(config.knowledge_collections)
+    if not draft:
+        assistant.current_version = version
+        assistant.save(update_fields=["current_version", "updated_at"])
+    return version
+
+
+def version_config(*, version: AssistantVersion) -> AssistantConfig:
+    """Everything `version` holds, as the config a new version is made from."""
+    return AssistantConfig(
+        name=version.name,
+        base_model=version.base_model,
+        description=version.description,
+        instructions=version.instructions,
+        starter_prompts=list(version.starter_prompts),
+        adapter=version.adapter,
+        temperature=version.temperature,
+        top_p=version.top_p,
+        max_tokens=version.max_tokens,
+        repetition_penalty=version.repetition_penalty,
+        knowledge_collections=tuple(version.knowledge_collections.all()),
+        knowledge_top_k=version.knowledge_top_k,
+        knowledge_min_score=version.knowledge_min_score,
+        knowledge_share_documents=version.knowledge_share_documents,
+        canary=version.canary,
+    )
+
+
+@transaction.atomic
+def assistant_draft_create(*, parent: AssistantVersion, adapter, actor: User) -> AssistantVersion:
+    """A draft version: `parent`'s configuration with `adapter` in place of its own. It is not current, so
+    nothing changes for anyone until the owner publishes it."""
+    assistant = Assistant.objects.select_for_update().get(pk=parent.assistant_id)  # serialize version numbers
+    config = replace(version_config(version=parent), adapter=adapter)
+    return _version_create(assistant=assistant, config=config, actor=actor, parent=parent, draft=True)
+
+
+@transaction.atomic
+def assistant_version_publish(*, version: AssistantVersion, actor: User) -> AssistantVersion:
+    """Make the draft `version` its assistant's current version: chat, the API and sharing use it from now on."""
+    assistant = Assistant.objects.select_for_update().get(pk=version.assistant_id)
+    if assistant.owner_id != actor.pk:
+        raise AssistantError("Only the assistant's owner can publish its versions.")
+    published = AssistantVersion.objects.filter(pk=version.pk, published_at__isnull=True).update(
+        published_at=timezone.now()
+    )
+    if not published:
+        raise AssistantError(f"Version {version.number} is already published.")
+    version.refresh_from_db(fields=["published_at"])
     assistant.current_version = version
     assistant.save(update_fields=["current_version", "updated_at"])
     return version

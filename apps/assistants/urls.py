@@ -13,6 +13,7 @@ urlpatterns = [
     path("<slug:slug>/avatar.png", views.assistant_avatar_image, name="avatar_image"),
     path("<slug:slug>/share/issue/", views.share_issue, name="share_issue"),
     path("<slug:slug>/share/revoke/", views.share_revoke, name="share_revoke"),
+    path("<slug:slug>/versions/<int:number>/publish/", views.version_publish, name="publish"),
     path("<slug:slug>/delete/", views.assistant_delete_view, name="delete"),
     path("<slug:slug>/report/", views.assistant_report_view, name="report"),
 ]

@@ -34,6 +34,7 @@ from apps.assistants.services import (
     assistant_delete,
     assistant_report,
     assistant_update,
+    assistant_version_publish,
     share_link_issue,
     share_link_revoke,
 )
@@ -175,6 +176,21 @@ def share_issue(request, slug: str):
     else:
         messages.success(request, "Issued a new share link. The previous link no longer works.")
     return redirect("assistants:edit", slug=assistant.slug)
+
+
+@login_required
+@require_POST
+def version_publish(request, slug: str, number: int):
+    """Make a draft (a fine-tune from the learning loop) the current version; back to the loop's history."""
+    assistant = _owned_or_404(request, slug)
+    version = get_object_or_404(assistant.versions, number=number)
+    try:
+        assistant_version_publish(version=version, actor=request.user)
+    except AssistantError as error:
+        messages.error(request, str(error))
+    else:
+        messages.success(request, f"Version {number} is now the current version: chats and the API use it.")
+    return redirect("loop:history", slug=assistant.slug)
 
 
 @login_required

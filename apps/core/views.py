@@ -1,5 +1,7 @@
 """Site-wide pages: the dashboard, the status page and health probe, the areas still to come, and the /out
-interstitial for links from untrusted text."""
+interstitial for links from untrusted text. The dashboard lists the user's draft versions awaiting review: the
+learning loop's notification that a fine-tune finished (a query, so it clears itself when the draft is
+published)."""
 
 from django.contrib.auth.decorators import login_required
 from django.http import Http404, JsonResponse
@@ -10,7 +12,10 @@ from django.views.decorators.http import require_GET
 from apps.accounts.permissions import role_check
 from apps.core.links import RefusedLink, destination_inspect
 from apps.core.selectors import system_health
+from apps.loop.selectors import loop_drafts_for_owner
 from apps.registry.selectors import base_model_list
+
+DRAFTS_SHOWN = 5
 
 # Areas whose issues have not landed yet: the navigation shows them, the page says so honestly.
 AREAS = {
@@ -20,7 +25,12 @@ AREAS = {
 
 @login_required
 def dashboard(request):
-    return render(request, "core/dashboard.html", {"models": base_model_list(), "nav_active": "dashboard"})
+    context = {
+        "models": base_model_list(),
+        "drafts": loop_drafts_for_owner(owner=request.user)[:DRAFTS_SHOWN],
+        "nav_active": "dashboard",
+    }
+    return render(request, "core/dashboard.html", context)
 
 
 @login_required

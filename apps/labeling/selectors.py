@@ -279,13 +279,15 @@ def preference_pairs(*, task_set: TaskSet) -> list[PreferencePair]:
             continue
         for chosen, rejected in consensus.pairs():
             pair = PreferencePair(task.prompt, texts[task.pk][chosen], texts[task.pk][rejected])
-            if _teaches(pair):
+            if pair_teaches(chosen=pair.chosen, rejected=pair.rejected):
                 pairs.append(pair)
     return pairs
 
 
-def _teaches(pair: PreferencePair) -> bool:
-    chosen, rejected = (unicode_clean(text).text.strip() for text in (pair.chosen, pair.rejected))
+def pair_teaches(*, chosen: str, rejected: str) -> bool:
+    """False for two equal answers or an empty one (whitespace and invisible characters alone): the fine-tune
+    importer refuses such a pair, and it teaches nothing."""
+    chosen, rejected = (unicode_clean(text).text.strip() for text in (chosen, rejected))
     return bool(chosen and rejected) and chosen != rejected
 
 

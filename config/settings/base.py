@@ -37,6 +37,7 @@ INSTALLED_APPS = [
     "apps.arena",
     "apps.labeling",
     "apps.finetune",
+    "apps.loop",
 ]
 
 MIDDLEWARE = [

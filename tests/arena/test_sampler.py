@@ -7,7 +7,15 @@ from collections import Counter
 
 import pytest
 
-from apps.arena.sampler import NEW_VERSION_VOTES, NotEnoughVersions, pair_key, pair_sample
+from apps.arena.sampler import (
+    DRAFT_PARENT_BOOST,
+    NEW_VERSION_BOOST,
+    NEW_VERSION_VOTES,
+    NotEnoughVersions,
+    pair_key,
+    pair_sample,
+    pair_weight,
+)
 
 DRAWS = 20_000
 
@@ -54,3 +62,27 @@ def test_the_recorded_probability_is_the_observed_frequency_and_favours_few_vote
     for key, p in probability.items():
         assert _within(seen[key], DRAWS, p), (key, seen[key], p)
     assert probability[(1, 2)] < probability[(1, 3)] < probability[(1, 4)]
+
+
+def test_a_draft_meets_its_parent_more_often_than_its_other_pairs_in_the_boosts_ratio():
+    # 3 is a draft improved from 1; every pair has votes enough that only the draft boost differs.
+    votes = {(1, 2): NEW_VERSION_VOTES, (1, 3): NEW_VERSION_VOTES, (2, 3): NEW_VERSION_VOTES}
+    rng = random.Random(4)
+    seen, probability = Counter(), {}
+    for _ in range(DRAWS):
+        pair = pair_sample(versions=[1, 2, 3], pair_votes=votes, rng=rng, draft_parent_pairs={(1, 3)})
+        key = pair_key(pair.left, pair.right)
+        seen[key] += 1
+        probability[key] = pair.probability
+    assert probability[(1, 3)] == pytest.approx(DRAFT_PARENT_BOOST / (DRAFT_PARENT_BOOST + 2))
+    assert probability[(1, 2)] == pytest.approx(probability[(2, 3)])
+    for key, p in probability.items():
+        assert _within(seen[key], DRAWS, p), (key, seen[key], p)
+    assert seen[(1, 3)] > seen[(1, 2)] + seen[(2, 3)]
+
+
+def test_the_draft_boost_stacks_on_the_new_version_boost():
+    plain = pair_weight(pair_votes=0, votes_first=0, votes_second=NEW_VERSION_VOTES)
+    boosted = pair_weight(pair_votes=0, votes_first=0, votes_second=NEW_VERSION_VOTES, draft_and_parent=True)
+    assert plain == pytest.approx(NEW_VERSION_BOOST)
+    assert boosted == pytest.approx(NEW_VERSION_BOOST * DRAFT_PARENT_BOOST)
