@@ -1,0 +1,149 @@
+"""Drafts: the job-success hook makes one from a loop job's adapter; nothing changes for users until the owner
+publishes it; My arena draws it against its parent more often; the dashboard tells the owner; and no one else
+reaches any of it (IDOR)."""
+
+import random
+from collections import Counter
+
+import pytest
+from django.urls import reverse
+
+from apps.arena.models import Mode
+from apps.arena.sampler import pair_key
+from apps.arena.selectors import arena_versions
+from apps.arena.services import battle_start
+from apps.assistants.engine import engine_settings
+from apps.assistants.models import Visibility
+from apps.assistants.services import AssistantError, assistant_version_publish, assistant_visibility_set
+from apps.finetune.models import Adapter, AdapterSource, Dataset, DatasetSource, DatasetVersion, FineTuneJob
+from apps.loop.drafts import loop_draft_create
+from apps.loop.models import LoopRun
+from apps.loop.selectors import loop_drafts_for_owner
+from tests.factories import make_user, signed_in
+
+pytestmark = pytest.mark.django_db
+
+
+def _loop_job(assistant, owner):
+    """A loop run and its job, as "Improve this assistant" leaves them, with the adapter the job made."""
+    dataset = Dataset.objects.create(owner=owner, name=f"Improve {assistant.slug}", kind="preference")
+    version = DatasetVersion.objects.create(
+        dataset=dataset,
+        number=1,
+        source=DatasetSource.LOOP,
+        created_by=owner,
+        sha256="0" * 64,
+        example_count=12,
+        token_count=1200,
+        seconds_per_epoch=40.0,
+    )
+    job = FineTuneJob.objects.create(
+        owner=owner,
+        assistant=assistant,
+        dataset_version=version,
+        method="dpo",
+        base_model=assistant.current_version.base_model,
+    )
+    LoopRun.objects.create(
+        assistant=assistant,
+        parent=assistant.current_version,
+        pair_counts={"labeling": 12, "arena": 0},
+        dataset_version=version,
+        job=job,
+        created_by=owner,
+    )
+    adapter = Adapter.objects.create(
+        owner=owner,
+        name=f"loop-{job.pk}",
+        source=AdapterSource.TRAINED,
+        base_model=job.base_model,
+        base_model_hash="0" * 64,
+        job=job,
+        dataset_version=version,
+        engine_id=f"loop-{job.pk}",
+        path="/nonexistent",
+        sha256="1" * 64,
+    )
+    return job, adapter
+
+
+def test_a_succeeded_loop_job_makes_one_draft_of_its_parent_with_the_new_adapter(assistant, owner):
+    parent = assistant.current_version
+    job, adapter = _loop_job(assistant, owner)
+    draft = loop_draft_create(job=job, adapter=adapter.engine_id)
+    assert draft.is_draft and draft.parent == parent and draft.number == parent.number + 1
+    assert draft.adapter == adapter.engine_id
+    assert (draft.instructions, draft.temperature, draft.max_tokens) == (
+        parent.instructions,
+        parent.temperature,
+        parent.max_tokens,
+    )
+    assert loop_draft_create(job=job, adapter=adapter.engine_id) == draft  # a retried hook makes no second one
+    assert LoopRun.objects.get(job=job).draft == draft
+    assistant.refresh_from_db()
+    assert assistant.current_version == parent  # nothing changed for users
+    assert engine_settings(version=assistant.current_version)["model"] == parent.base_model.name
+
+
+def test_a_job_the_loop_did_not_start_makes_no_draft(assistant, owner):
+    job, adapter = _loop_job(assistant, owner)
+    LoopRun.objects.filter(job=job).delete()
+    assert loop_draft_create(job=job, adapter=adapter.engine_id) is None
+    assert not assistant.versions.filter(published_at__isnull=True).exists()
+
+
+def test_publishing_makes_the_draft_current_once_and_only_for_the_owner(assistant, owner):
+    job, adapter = _loop_job(assistant, owner)
+    draft = loop_draft_create(job=job, adapter=adapter.engine_id)
+    with pytest.raises(AssistantError, match="owner"):
+        assistant_version_publish(version=draft, actor=make_user("mallory"))
+    assistant_version_publish(version=draft, actor=owner)
+    assistant.refresh_from_db()
+    draft.refresh_from_db()
+    assert assistant.current_version == draft and not draft.is_draft
+    with pytest.raises(AssistantError, match="already published"):
+        assistant_version_publish(version=draft, actor=owner)
+
+
+def test_my_arena_draws_the_draft_against_its_parent_and_no_one_else_sees_it(assistant, owner):
+    v1 = assistant.versions.get(number=1)
+    parent = assistant.current_version
+    job, adapter = _loop_job(assistant, owner)
+    draft = loop_draft_create(job=job, adapter=adapter.engine_id)
+    drawn = Counter()
+    for seed in range(60):
+        battle = battle_start(user=owner, mode=Mode.PERSONAL, prompt="Hi", rng=random.Random(seed))
+        drawn[pair_key(battle.version_a_id, battle.version_b_id)] += 1
+    # Three fresh versions: each pair weighs 9, the draft with its parent 9 × 4: 4/6 of the draws.
+    assert drawn[pair_key(draft.pk, parent.pk)] > drawn[pair_key(draft.pk, v1.pk)] + drawn[pair_key(v1.pk, parent.pk)]
+    # Public, the draft is never a contender, even once the assistant is public; nor in anyone else's arena.
+    assistant_visibility_set(assistant=assistant, visibility=Visibility.PUBLIC)
+    assert draft not in arena_versions(mode=Mode.PUBLIC, user=owner)
+    assert draft not in arena_versions(mode=Mode.PERSONAL, user=make_user("vera"))
+
+
+def test_the_dashboard_tells_the_owner_until_the_draft_is_published(assistant, owner):
+    job, adapter = _loop_job(assistant, owner)
+    draft = loop_draft_create(job=job, adapter=adapter.engine_id)
+    client = signed_in(owner)
+    page = client.get(reverse("dashboard")).content.decode()
+    assert f'data-draft="{assistant.slug}-{draft.number}"' in page
+    assert list(loop_drafts_for_owner(owner=owner)) == [draft]
+    assert 'data-draft="' not in signed_in(make_user("vera")).get(reverse("dashboard")).content.decode()
+    response = client.post(reverse("assistants:publish", args=[assistant.slug, draft.number]))
+    assert response.status_code == 302 and response["Location"] == reverse("loop:history", args=[assistant.slug])
+    assert 'data-draft="' not in client.get(reverse("dashboard")).content.decode()
+
+
+def test_no_one_but_the_owner_reaches_the_loop_pages_or_publishes(assistant, owner):
+    job, adapter = _loop_job(assistant, owner)
+    draft = loop_draft_create(job=job, adapter=adapter.engine_id)
+    assistant_visibility_set(assistant=assistant, visibility=Visibility.PUBLIC)  # public: still not theirs
+    other = signed_in(make_user("mallory"))
+    for url in (reverse("loop:improve", args=[assistant.slug]), reverse("loop:history", args=[assistant.slug])):
+        assert other.get(url).status_code == 404, url
+    assert other.post(reverse("loop:improve", args=[assistant.slug]), {"sources": ["labeling"]}).status_code == 404
+    assert other.post(reverse("assistants:publish", args=[assistant.slug, draft.number])).status_code == 404
+    draft.refresh_from_db()
+    assert draft.is_draft
+    assert LoopRun.objects.count() == 1
