@@ -15,6 +15,17 @@ from apps.labeling.models import Candidate
 from apps.labeling.services import PromptInput, ranking_submit, task_claim_next, task_set_create
 from tests.factories import make_assistant, make_user
 
+SHORT, LONG, MIDDLE = "Short.", "A much longer answer that rambles on.", "A middling answer."
+
+
+def three_answers(prompt: str) -> list[str]:
+    """Candidates 0–2 of a task: long, short, middling (each naming its prompt, so no two tasks share one)."""
+    return [f"{LONG} ({prompt})", f"{SHORT} ({prompt})", f"{MIDDLE} ({prompt})"]
+
+
+def shortest_first(prompt: str) -> list[int]:
+    return [1, 2, 0]
+
 
 @pytest.fixture
 def owner():

@@ -24,24 +24,14 @@ from apps.loop.selectors import (
     loop_training_settings,
 )
 from tests.factories import make_assistant, make_user
-from tests.loop.conftest import answer_battle
+from tests.loop.conftest import LONG, MIDDLE, SHORT, answer_battle, shortest_first, three_answers
 
 pytestmark = pytest.mark.django_db
-
-SHORT, LONG, MIDDLE = "Short.", "A much longer answer that rambles on.", "A middling answer."
-
-
-def _answers(prompt):
-    return [f"{LONG} ({prompt})", f"{SHORT} ({prompt})", f"{MIDDLE} ({prompt})"]
-
-
-def _short_first(prompt):
-    return [1, 2, 0]
 
 
 def test_labeling_consensus_gives_every_ordered_pair_with_its_provenance(assistant, ranked_set):
     v1, v2 = assistant.versions.order_by("number")
-    task_set = ranked_set(["Q1", "Q2"], versions=[v1, v2], answers=_answers, order=_short_first)
+    task_set = ranked_set(["Q1", "Q2"], versions=[v1, v2], answers=three_answers, order=shortest_first)
     pairs, duplicates = loop_pairs(assistant=assistant, filters=PairFilters())
     assert duplicates == 0
     # C(3,2) = 3 pairs per task, in the consensus order: short > middling > long.
@@ -65,7 +55,7 @@ def test_labeling_consensus_gives_every_ordered_pair_with_its_provenance(assista
 def test_candidates_of_another_owners_assistant_never_reach_the_pairs(assistant, ranked_set, stub_chat_model):
     v2 = assistant.current_version
     stranger = make_assistant(make_user("sam"), base_model=stub_chat_model).current_version
-    ranked_set(["Q"], versions=[v2, stranger], answers=_answers, order=_short_first)
+    ranked_set(["Q"], versions=[v2, stranger], answers=three_answers, order=shortest_first)
     pairs, _ = loop_pairs(assistant=assistant, filters=PairFilters())
     # Candidates 0 and 2 are v2's, 1 the stranger's: only the pair between 0 and 2 is this assistant's.
     assert [(p.chosen, p.rejected) for p in pairs] == [(f"{MIDDLE} (Q)", f"{LONG} (Q)")]
@@ -100,8 +90,8 @@ def test_a_vote_left_out_of_the_ratings_for_a_reason_other_than_naming_gives_not
 
 def test_filters_by_source_date_and_task_set(assistant, ranked_set, arena_vote):
     v1, v2 = assistant.versions.order_by("number")
-    first = ranked_set(["Q1"], versions=[v1, v2], answers=_answers, order=_short_first, name="First")
-    ranked_set(["Q2"], versions=[v1, v2], answers=_answers, order=_short_first, name="Second")
+    first = ranked_set(["Q1"], versions=[v1, v2], answers=three_answers, order=shortest_first, name="First")
+    ranked_set(["Q2"], versions=[v1, v2], answers=three_answers, order=shortest_first, name="Second")
     battle = arena_vote("Colour?", "Blue.", "Green, or maybe blue.", versions=(v2, v1))
     Battle.objects.filter(pk=battle.pk).update(voted_at=timezone.now() - timedelta(days=10))
 
@@ -121,7 +111,7 @@ def test_filters_by_source_date_and_task_set(assistant, ranked_set, arena_vote):
 def test_a_pair_ranked_in_two_task_sets_and_voted_in_the_arena_trains_once(assistant, ranked_set, arena_vote):
     v1, v2 = assistant.versions.order_by("number")
     for name in ("First", "Second"):
-        ranked_set(["Q"], versions=[v1, v2], answers=_answers, order=_short_first, name=name)
+        ranked_set(["Q"], versions=[v1, v2], answers=three_answers, order=shortest_first, name=name)
     arena_vote("Q", f"{SHORT} (Q)", f"{LONG} (Q)", versions=(v2, v1))
     pairs, duplicates = loop_pairs(assistant=assistant, filters=PairFilters())
     assert len(pairs) == 3 and duplicates == 4
@@ -130,7 +120,7 @@ def test_a_pair_ranked_in_two_task_sets_and_voted_in_the_arena_trains_once(assis
 
 def test_rows_carry_the_current_versions_instructions_and_the_importer_accepts_them(assistant, ranked_set):
     v1, v2 = assistant.versions.order_by("number")
-    ranked_set(["Q1", "Q2"], versions=[v1, v2], answers=_answers, order=_short_first)
+    ranked_set(["Q1", "Q2"], versions=[v1, v2], answers=three_answers, order=shortest_first)
     gathering = loop_gather(assistant=assistant, filters=PairFilters())
     assert gathering.by_source == {LABELING: 6, ARENA: 0}
     row = gathering.records[0]
@@ -147,13 +137,13 @@ def test_rows_carry_the_current_versions_instructions_and_the_importer_accepts_t
     assert [e.record for e in parsed.examples] == gathering.records
 
 
-def test_the_scan_reports_a_planted_link_in_the_preferred_answers(assistant, ranked_set):
+def test_the_scan_reports_a_planted_link_in_the_preferredthree_answers(assistant, ranked_set):
     v1, v2 = assistant.versions.order_by("number")
 
     def answers(prompt):
         return [f"{LONG} ({prompt})", f"Visit https://evil.example/{prompt} now.", f"{MIDDLE} ({prompt})"]
 
-    ranked_set([f"Q{i}" for i in range(6)], versions=[v1, v2], answers=answers, order=_short_first)
+    ranked_set([f"Q{i}" for i in range(6)], versions=[v1, v2], answers=answers, order=shortest_first)
     gathering = loop_gather(assistant=assistant, filters=PairFilters())
     kinds = {f.kind for f in gathering.findings}
     assert any("url" in kind for kind in kinds), kinds
