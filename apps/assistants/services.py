@@ -136,6 +136,7 @@ def assistant_draft_create(*, parent: AssistantVersion, adapter, actor: User) ->
     nothing changes for anyone until the owner publishes it."""
     assistant = Assistant.objects.select_for_update().get(pk=parent.assistant_id)  # serialize version numbers
     config = replace(version_config(version=parent), adapter=adapter)
+    _validate(config, assistant.owner)
     return _version_create(assistant=assistant, config=config, actor=actor, parent=parent, draft=True)
 
 

@@ -1,7 +1,8 @@
 """Writes for the learning loop: "Improve this assistant" turns the preference pairs its versions have earned
 into an immutable preference dataset version and a queued DPO job, in one confirmation.
 
-`loop_improve_start` gathers the pairs again under the confirmed filters (the page's count may be minutes
+`loop_improve_start` refuses while an earlier loop job of the assistant has not ended (a second click queues
+nothing), gathers the pairs again under the confirmed filters (the page's count may be minutes
 old) and refuses too few pairs or a high-severity scan finding before anything is stored (the page shows the
 findings with the examples they name; narrowing the filters leaves those pairs out). It builds the dataset
 version (source LOOP, a new version of the assistant's own loop dataset; `dataset_version_create` runs the
@@ -40,6 +41,10 @@ def loop_improve_start(*, assistant: Assistant, actor, filters: PairFilters) -> 
 
     if assistant.owner_id != actor.pk:
         raise LoopError("Only the assistant's owner can improve it.")
+    assistant = Assistant.objects.select_for_update().get(pk=assistant.pk)  # one confirmation at a time
+    training = LoopRun.objects.filter(assistant=assistant, job__finished_at__isnull=True).first()
+    if training is not None:
+        raise LoopError(f"Job {training.job_id} is still improving this assistant; wait for it to end.")
     parent = assistant.current_version
     if parent is None:
         raise LoopError("The assistant has no version to improve.")
