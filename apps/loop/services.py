@@ -21,7 +21,7 @@ from django.db import transaction
 
 from apps.assistants.models import Assistant
 from apps.finetune.datasets import DatasetKind, chat_token_counter, dataset_parse
-from apps.finetune.models import Dataset, DatasetSource, Method
+from apps.finetune.models import Dataset, DatasetSource, JobStatus, Method
 from apps.loop.models import LoopRun
 from apps.loop.selectors import MIN_PAIRS, PairFilters, loop_gather, loop_training_settings
 
@@ -42,7 +42,9 @@ def loop_improve_start(*, assistant: Assistant, actor, filters: PairFilters) -> 
     if assistant.owner_id != actor.pk:
         raise LoopError("Only the assistant's owner can improve it.")
     assistant = Assistant.objects.select_for_update().get(pk=assistant.pk)  # one confirmation at a time
-    training = LoopRun.objects.filter(assistant=assistant, job__finished_at__isnull=True).first()
+    training = LoopRun.objects.filter(
+        assistant=assistant, job__status__in=[JobStatus.QUEUED, JobStatus.RUNNING]
+    ).first()
     if training is not None:
         raise LoopError(f"Job {training.job_id} is still improving this assistant; wait for it to end.")
     parent = assistant.current_version
