@@ -67,7 +67,9 @@ def dataset_upload(request):
     initial = {key: request.GET[key] for key in ("name", "kind") if key in request.GET}
     form = UploadForm(request.POST or None, request.FILES or None, initial=initial)
     refused, status = None, 200
-    if request.method == "POST" and form.is_valid():
+    if request.method == "POST" and not form.is_valid():
+        status = 400
+    elif request.method == "POST":
         data = form.cleaned_data
         try:
             version = services.dataset_upload(
