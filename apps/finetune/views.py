@@ -66,26 +66,23 @@ def dataset_list(request):
 def dataset_upload(request):
     initial = {key: request.GET[key] for key in ("name", "kind") if key in request.GET}
     form = UploadForm(request.POST or None, request.FILES or None, initial=initial)
-    refused, status = None, 200
-    if request.method == "POST" and not form.is_valid():
-        status = 400
-    elif request.method == "POST":
+    refused = None
+    if request.method == "POST" and form.is_valid():
         data = form.cleaned_data
         try:
             version = services.dataset_upload(
                 owner=request.user, name=data["name"], kind=data["kind"], file=data["file"]
             )
         except DatasetInvalid as error:
-            refused, status = error, 400
+            refused = error
         except services.DatasetError as error:
             form.add_error(None, str(error))
-            status = 400
         else:
             messages.success(request, f"{version}: {version.example_count} examples imported and scanned.")
             return redirect("finetune:version", version.pk)
     filename = request.FILES["file"].name if refused and "file" in request.FILES else ""
     context = {"form": form, "refused": refused, "filename": filename, **NAV}
-    return render(request, "finetune/upload.html", context, status=status)
+    return render(request, "finetune/upload.html", context)
 
 
 @member_required

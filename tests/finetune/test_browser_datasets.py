@@ -101,7 +101,7 @@ def test_upload_refused_then_accepted_then_flagged_and_curate_from_chat(
     curate.locator("summary").click()
     curate.locator("[data-curate-good] input[name=dataset]").fill("Good answers")
     curate.locator("[data-curate-good] button").click()
-    expect(page.locator(".flash.success")).to_contain_text("Added to Good answers v1")
+    expect(page.locator(".flash.success").first).to_contain_text("Added to Good answers v1")
     [example] = DatasetVersion.objects.get(dataset__name="Good answers").examples.all()
     assert [m["content"] for m in example.record["messages"]][1:] == ["What is 2+2?", "4."]
     page.screenshot(path=artifacts_dir / "4-curated.png", full_page=True)
