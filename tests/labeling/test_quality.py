@@ -46,6 +46,20 @@ def test_agreement_tau_and_flags_by_hand(make_set, labelers):
     assert {p.username: p.excluded for p in report.labelers} == {"ann": False, "ben": False, "cat": True}
 
 
+def test_the_django_admin_lists_every_labeling_model_read_only(make_set, labelers):
+    from apps.accounts.models import User
+
+    task_set = make_set(["A"], k=2)
+    rank_all(task_set, labelers[0], {"A": [1, 0]})
+    root = signed_in(User.objects.create_superuser(username="superroot", password="x"))
+    for model in ("taskset", "guideline", "task", "claim", "ranking", "labelerexclusion"):
+        assert root.get(reverse(f"admin:labeling_{model}_changelist")).status_code == 200, model
+        assert root.get(reverse(f"admin:labeling_{model}_add")).status_code == 403, model
+    task = task_set.tasks.get()
+    page = root.get(reverse("admin:labeling_task_change", args=[task.pk]))
+    assert page.status_code == 200 and "A / answer 1" in page.content.decode()  # its candidates, inline
+
+
 def test_gold_accuracy_is_the_share_of_gold_pairs_kept(make_set, labelers):
     ann, ben, _ = labelers
     task_set = make_set(["Gold"], k=3, r=1)
