@@ -12,9 +12,14 @@ refused by the fine-tune importer (`apps.finetune.datasets`): it yields nothing 
 
 Agreement. Every candidate pair (i < j) of a task is one item, and a labeler's label is whether they put i
 above j. Krippendorff's α (nominal) runs over all labelers and items of the set; Cohen's κ over the items each
-two labelers both labelled. Each labeler's Kendall τ is the mean, over their ranked tasks with a consensus of at
-least two rankings, of τ against that consensus (their own ranking included). Gold accuracy is the share of a
-labeler's gold-task pairs ordered as in the gold order.
+two labelers both labelled. Each labeler's Kendall τ is leave-one-out: for each task they ranked (gold tasks
+aside), the consensus of the other labelers' counted rankings (at least one) is the reference, and their τ-b
+against it counts its tied pairs (margin 0) as ties (`kendall_tau_b`); the labeler's τ is the mean over those
+tasks. Their own ranking is left out of the reference because it would pull the reference towards them: with
+three rankings, theirs alone decides every pair the other two split. A task whose other rankings tie every pair
+(two labelers in exact disagreement) says nothing about the third and is skipped, where a tie-broken order
+would score them against an arbitrary side. Gold accuracy is the share of a labeler's gold-task pairs ordered
+as in the gold order.
 
 Exports. Splits are made by prompt: the test split is the prompts whose SHA-256 falls in the first
 `test_fraction` of the hash space, so the same prompt text always lands in the same split, whatever task set or
@@ -35,7 +40,7 @@ from itertools import combinations
 from django.db.models import Count, F, Q
 
 from apps.core.unicode import unicode_clean
-from apps.labeling.aggregation import cohen_kappa, kendall_tau, krippendorff_alpha_nominal, ranked_pairs
+from apps.labeling.aggregation import cohen_kappa, kendall_tau_b, krippendorff_alpha_nominal, ranked_pairs
 from apps.labeling.models import Candidate, Claim, Ranking, Task, TaskSet
 
 EXPORT_FORMATS = ("trl", "hh", "kto")
@@ -177,7 +182,6 @@ def quality_report(*, task_set: TaskSet, tau_threshold: float = TAU_THRESHOLD) -
     for ranking in all_rankings:
         if ranking.labeler_id not in excluded:
             counted[ranking.task_id].append(ranking)
-    consensus = {tid: task_consensus(task=tasks[tid], rankings=rs) for tid, rs in counted.items()}
 
     users = get_user_model().objects.filter(pk__in={r.labeler_id for r in all_rankings})
     names = dict(users.values_list("pk", "username"))
@@ -200,8 +204,11 @@ def quality_report(*, task_set: TaskSet, tau_threshold: float = TAU_THRESHOLD) -
             gold_hits[ranking.labeler_id][0] += sum(mine[pair] == gold[pair] for pair in gold)
             gold_hits[ranking.labeler_id][1] += len(gold)
             person.gold_tasks += 1
-        elif (found := consensus.get(task.pk)) is not None and found.rankings >= 2:
-            taus[ranking.labeler_id].append(kendall_tau(ranking.order, found.order))
+            continue
+        others = [r for r in counted.get(task.pk, []) if r.labeler_id != ranking.labeler_id]
+        reference = task_consensus(task=task, rankings=others) if others else None
+        if reference is not None and (pairs := reference.pairs()):
+            taus[ranking.labeler_id].append(kendall_tau_b(ranking.order, pairs))
     for pk, person in people.items():
         person.seconds_median = _median(seconds[pk])
         person.tau = sum(taus[pk]) / len(taus[pk]) if taus[pk] else None
