@@ -56,8 +56,8 @@ class CandidateInline(admin.TabularInline):
 
 @admin.register(Task)
 class TaskAdmin(ReadOnlyAdmin):
-    list_display = ("__str__", "task_set", "source", "gold_order", "created_at")
-    list_filter = ("source", "task_set")
+    list_display = ("__str__", "task_set", "source", "gold_sampled", "gold_order", "created_at")
+    list_filter = ("source", "gold_sampled", "task_set")
     search_fields = ("prompt",)
     inlines = [CandidateInline]
 

@@ -19,7 +19,8 @@ tasks. Their own ranking is left out of the reference because it would pull the 
 three rankings, theirs alone decides every pair the other two split. A task whose other rankings tie every pair
 (two labelers in exact disagreement) says nothing about the third and is skipped, where a tie-broken order
 would score them against an arbitrary side. Gold accuracy is the share of a labeler's gold-task pairs ordered
-as in the gold order.
+as in the gold order, over the gold tasks whose order they did not make themselves (services: a consensus gold
+order's panel is not scored against it).
 
 Exports. Splits are made by prompt: the test split is the prompts whose SHA-256 falls in the first
 `test_fraction` of the hash space, so the same prompt text always lands in the same split, whatever task set or
@@ -57,7 +58,8 @@ def task_set_list() -> list[TaskSet]:
 def task_queue_order(*, task_set: TaskSet, labeler, now) -> list:
     """Ids of the tasks `labeler` may claim in this set, fairest first: fewest rankings plus live claims, then
     oldest. Excludes tasks without candidates, tasks they wrote or ranked, and full ones (R rankings plus live
-    claims; gold tasks are never full). The claim counts again under the task's lock."""
+    claims; gold tasks, sampled ones awaiting their order included, are never full). The claim counts again
+    under the task's lock."""
     tasks = (
         Task.objects.filter(task_set=task_set, candidates__index=0)
         .exclude(author=labeler)
@@ -67,7 +69,7 @@ def task_queue_order(*, task_set: TaskSet, labeler, now) -> list:
             live=Count("claims", filter=Q(claims__expires_at__gt=now) & ~Q(claims__labeler=labeler), distinct=True),
         )
         .annotate(taken=F("ranked") + F("live"))
-        .filter(Q(gold_order__isnull=False) | Q(taken__lt=task_set.rankings_per_task))
+        .filter(Q(gold_order__isnull=False) | Q(gold_sampled=True) | Q(taken__lt=task_set.rankings_per_task))
         .order_by("taken", "created_at", "id")
     )
     return list(tasks.values_list("id", flat=True))
@@ -152,7 +154,8 @@ class QualityReport:
     labelers: list = field(default_factory=list)
     tasks: int = 0
     tasks_complete: int = 0
-    gold_tasks: int = 0
+    gold_tasks: int = 0  # with a known order
+    gold_awaiting: int = 0  # sampled as gold, still without an order
     rankings: int = 0
     tau_threshold: float = TAU_THRESHOLD
     gold_threshold: float = GOLD_THRESHOLD
@@ -199,6 +202,8 @@ def quality_report(*, task_set: TaskSet, tau_threshold: float = TAU_THRESHOLD) -
         for (i, j), above in _pair_labels(ranking.order).items():
             labels[ranking.labeler_id][(task.pk, i, j)] = above
         if task.is_gold:
+            if ranking.labeler_id in task.gold_agreed_by:  # their own ranking made this gold order
+                continue
             gold = _pair_labels(task.gold_order)
             mine = _pair_labels(ranking.order)
             gold_hits[ranking.labeler_id][0] += sum(mine[pair] == gold[pair] for pair in gold)
@@ -240,6 +245,7 @@ def quality_report(*, task_set: TaskSet, tau_threshold: float = TAU_THRESHOLD) -
         tasks=len(tasks),
         tasks_complete=complete,
         gold_tasks=sum(1 for t in tasks.values() if t.is_gold),
+        gold_awaiting=sum(1 for t in tasks.values() if t.gold_sampled and not t.is_gold),
         rankings=len(all_rankings),
         tau_threshold=tau_threshold,
     )
