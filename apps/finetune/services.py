@@ -14,6 +14,7 @@
   `answer_edit_ideal` adds the exchange with the owner's edited answer, and the pair (edited above original)
   to a preference dataset. The exchange starts with the instructions the answer was given (rendered as the
   engine rendered them, without retrieved knowledge): an adapter learns best under the prompt it will serve.
+  Only the assistant's owner gets them: a user of someone else's public assistant never sees its instructions.
 - `dataset_import_from_task_set`: the labeling panel's consensus pairs as TRL conversational examples.
 
 Errors: `DatasetInvalid` (from `datasets.py`) for examples that are refused, with every problem; `DatasetError`
@@ -207,10 +208,15 @@ def dataset_examples_add(
 
 
 def _exchange(answer: Message) -> list[dict]:
-    """The conversation up to and including `answer`, opened by the instructions it was answered under."""
-    owner = answer.conversation.owner
-    system = instructions_render(text=answer.assistant_version.instructions, user_name=owner.get_username())
+    """The conversation up to and including `answer`, opened by the instructions it was answered under when the
+    curator owns the assistant (another owner's instructions are theirs: a public assistant's user never sees
+    them, so their example has none)."""
+    conversation = answer.conversation
     turns = [{"role": m.role, "content": m.content} for m in message_ancestors(message=answer)]
+    if conversation.assistant.owner_id != conversation.owner_id:
+        return turns
+    user_name = conversation.owner.get_username()
+    system = instructions_render(text=answer.assistant_version.instructions, user_name=user_name)
     return [{"role": "system", "content": system}, *turns]
 
 
@@ -238,6 +244,7 @@ def answer_edit_ideal(
 ) -> tuple[DatasetVersion, DatasetVersion]:
     """Add the exchange with `content` as the answer to the SFT dataset, and (`content` above the original) to the
     preference dataset; both or neither."""
+    content = content.replace("\r\n", "\n").strip()  # as a browser's textarea sends it
     if unicode_clean(content).text.strip() == unicode_clean(answer.content).text.strip():
         raise DatasetError("The edited answer is the same as the original; use “Mark good” to keep it as it is.")
     *prompt, _original = _exchange(answer)

@@ -5,6 +5,7 @@ only the owner, only by POST, and a refused exchange adds nothing."""
 import pytest
 from django.urls import reverse
 
+from apps.assistants.models import Visibility
 from apps.chat import services as chat
 from apps.chat.models import Message
 from apps.finetune.models import Dataset, DatasetExample, DatasetSource, DatasetVersion
@@ -124,3 +125,19 @@ def test_an_unfinished_answer_offers_nothing_to_curate(models_ready):
     page = html_parse(client.get(reverse("chat:conversation", args=[conversation.pk])).content.decode())
     assert not [e for e in page.iter() if "data-curate" in e.attrs]
     assert client.post(reverse("finetune:curate_good", args=[pending.pk]), {"dataset": "G"}).status_code == 404
+
+
+def test_curating_from_someone_elses_public_assistant_leaves_its_instructions_out(models_ready):
+    ada, eve = make_user("ada"), make_user("eve")
+    public = make_assistant(ada, instructions="Secret house rules.", visibility=Visibility.PUBLIC)
+    conversation = chat.conversation_start(assistant=public, owner=eve, first_message="Hi there")
+    answer = finish(Message.objects.get(conversation=conversation, role="assistant"), "Hello!")
+    signed_in(eve).post(
+        reverse("finetune:curate_edit", args=[answer.pk]),
+        {"content": "Hello, eve!\r\nHow can I help?", "dataset": "Mine", "preference_dataset": "Mine pairs"},
+    )
+    [example] = DatasetExample.objects.filter(version__dataset__owner=eve, version__dataset__name="Mine")
+    assert example.record["messages"] == [
+        {"role": "user", "content": "Hi there"},
+        {"role": "assistant", "content": "Hello, eve!\nHow can I help?"},
+    ]
