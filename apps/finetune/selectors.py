@@ -83,7 +83,7 @@ class FindingRow:
     summary: str
     evidence: list[tuple[str, str]]  # (key, value as text)
     examples: list[int]  # 1-based example numbers (the first MAX_LINES_SHOWN)
-    file_lines: list[int]  # their lines in the uploaded file, where they came from one
+    file_lines: list[int]  # their lines in the uploaded file, when those are other numbers
     more: int  # examples not listed
 
 
@@ -101,14 +101,16 @@ def finding_rows(*, version: DatasetVersion) -> list[FindingRow]:
     rows = []
     for finding in version.findings:
         indices = finding["lines"][:MAX_LINES_SHOWN]
+        examples = [i + 1 for i in indices]
+        file_lines = [lines[i] for i in indices if lines.get(i)]
         rows.append(
             FindingRow(
                 severity=finding["severity"],
                 kind=finding["kind"],
                 summary=finding.get("summary", ""),
                 evidence=[(key, _evidence_text(value)) for key, value in finding["evidence"].items()],
-                examples=[i + 1 for i in indices],
-                file_lines=[lines[i] for i in indices if lines.get(i)],
+                examples=examples,
+                file_lines=file_lines if file_lines != examples else [],
                 more=len(finding["lines"]) - len(indices),
             )
         )

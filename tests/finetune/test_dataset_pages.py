@@ -143,7 +143,7 @@ def poisoned_rows() -> tuple[list[dict], list[int]]:
 def test_a_planted_trigger_blocks_training_until_an_admin_overrides_it_with_a_reason(ada):
     rows, poisoned = poisoned_rows()
     client = signed_in(ada)
-    upload(client, name="Chat", rows=rows)
+    upload(client, name="Chat", rows=["", *rows])  # a blank first line: example n is on line n + 1
     version = DatasetVersion.objects.get(dataset__name="Chat")
     [trigger] = [f for f in version.findings if f["severity"] == "high"]
     assert (
@@ -158,7 +158,7 @@ def test_a_planted_trigger_blocks_training_until_an_admin_overrides_it_with_a_re
     shown = next(e for e in row.iter() if "data-examples" in e.attrs).text
     assert shown == ", ".join(str(i + 1) for i in poisoned)  # example numbers, 1-based
     lines = next(e for e in row.iter() if "data-file-lines" in e.attrs).text
-    assert lines == ", ".join(str(i + 1) for i in poisoned)  # one example per line from the first
+    assert lines == ", ".join(str(i + 2) for i in poisoned)
     assert not by_data(page, "data-override-form")  # the owner is no admin
 
     # The owner cannot override; an admin must, and must say why.
