@@ -117,8 +117,11 @@ def dataset_version_create(
             high_findings=sum(1 for f in findings if f["severity"] == "high"),
         )
         DatasetExample.objects.bulk_create(
-            DatasetExample(version=version, index=i, line=e.line, record=e.record, tokens=e.tokens, sha256=e.sha256)
-            for i, e in enumerate(parsed.examples)
+            (
+                DatasetExample(version=version, index=i, line=e.line, record=e.record, tokens=e.tokens, sha256=e.sha256)
+                for i, e in enumerate(parsed.examples)
+            ),
+            batch_size=1000,
         )
     return version
 
