@@ -18,9 +18,7 @@ from apps.registry.selectors import base_model_list
 DRAFTS_SHOWN = 5
 
 # Areas whose issues have not landed yet: the navigation shows them, the page says so honestly.
-AREAS = {
-    "finetunes": ("Fine-tunes", "member", "Train LoRA adapters on your preference data."),
-}
+AREAS: dict[str, tuple[str, str, str]] = {}
 
 
 @login_required
