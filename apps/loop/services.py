@@ -14,14 +14,14 @@ apps/loop/drafts.py makes the draft.
 
 import io
 import json
-from dataclasses import asdict
-from pathlib import Path
 
 from django.db import transaction
 
 from apps.assistants.models import Assistant
-from apps.finetune.datasets import DatasetKind, chat_token_counter, dataset_parse
-from apps.finetune.models import Dataset, DatasetSource, JobStatus, Method
+from apps.finetune.datasets import DatasetInvalid, DatasetKind, chat_token_counter, dataset_parse
+from apps.finetune.models import DatasetSource, JobStatus, Method
+from apps.finetune.selectors import tokenizer_dir_get
+from apps.finetune.services import DatasetError, dataset_version_create
 from apps.loop.models import LoopRun
 from apps.loop.selectors import MIN_PAIRS, PairFilters, loop_gather, loop_training_settings
 
@@ -37,7 +37,7 @@ def loop_dataset_name(*, assistant: Assistant) -> str:
 @transaction.atomic
 def loop_improve_start(*, assistant: Assistant, actor, filters: PairFilters) -> LoopRun:
     """Build the dataset version and queue the DPO job (see the module docstring); the LoopRun records both."""
-    from apps.finetune.services import dataset_version_create, finetune_job_create  # MERGE: to the top
+    from apps.finetune.services import finetune_job_create  # MERGE: to the top once ftjobs lands
 
     if assistant.owner_id != actor.pk:
         raise LoopError("Only the assistant's owner can improve it.")
@@ -61,28 +61,32 @@ def loop_improve_start(*, assistant: Assistant, actor, filters: PairFilters) -> 
             "Nothing was built: narrow the filters to leave the pairs it names out."
         )
     jsonl = "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in gathering.records)
-    parsed = dataset_parse(
-        file=io.BytesIO(jsonl.encode()),
-        kind=DatasetKind.PREFERENCE,
-        count_tokens=chat_token_counter(tokenizer_dir=Path(parent.base_model.path) / "onnx"),
-    )
-    existing = Dataset.objects.filter(owner=actor, name=loop_dataset_name(assistant=assistant)).first()
-    dataset_version = dataset_version_create(
-        owner=actor,
-        kind=DatasetKind.PREFERENCE,
-        name=loop_dataset_name(assistant=assistant),
-        parsed=parsed,
-        source=DatasetSource.LOOP,
-        source_detail=f"{assistant.slug} v{parent.number}: {filters.describe()}"[:300],
-        created_by=actor,
-        dataset=existing,
-    )
+    tokenizer_dir = tokenizer_dir_get()
+    if tokenizer_dir is None:
+        raise LoopError("The base model is not installed yet, so the pairs cannot be counted; try again once it is.")
+    try:
+        parsed = dataset_parse(
+            file=io.BytesIO(jsonl.encode()),
+            kind=DatasetKind.PREFERENCE,
+            count_tokens=chat_token_counter(tokenizer_dir=tokenizer_dir),
+        )
+        dataset_version = dataset_version_create(
+            owner=actor,
+            kind=DatasetKind.PREFERENCE,
+            name=loop_dataset_name(assistant=assistant),
+            parsed=parsed,
+            source=DatasetSource.LOOP,
+            source_detail=f"{assistant.slug} v{parent.number}: {filters.describe()}",
+            created_by=actor,
+        )
+    except (DatasetInvalid, DatasetError) as error:
+        raise LoopError(f"The pairs do not make a trainable dataset: {error}") from error
     settings = loop_training_settings(pairs=len(gathering.pairs))
     job = finetune_job_create(
         owner=actor,
         dataset_version=dataset_version,
         method=Method.DPO,
-        settings=asdict(settings),
+        settings={"epochs": settings.epochs, "learning_rate": settings.learning_rate},
         start_adapter=parent.adapter,
         assistant=assistant,
     )
