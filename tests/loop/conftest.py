@@ -11,8 +11,10 @@ from apps.accounts.models import Role
 from apps.arena.models import Battle, BattleAnswer, Mode
 from apps.arena.services import battle_start, battle_turn_add, battle_vote
 from apps.assistants.services import AssistantConfig, assistant_update
+from apps.finetune.models import Adapter, AdapterSource, Dataset, DatasetSource, DatasetVersion, FineTuneJob
 from apps.labeling.models import Candidate
 from apps.labeling.services import PromptInput, ranking_submit, task_claim_next, task_set_create
+from apps.loop.models import LoopRun
 from tests.factories import make_assistant, make_user
 
 SHORT, LONG, MIDDLE = "Short.", "A much longer answer that rambles on.", "A middling answer."
@@ -118,3 +120,46 @@ def arena_vote(owner):
         return battle_vote(battle=battle, user=owner, outcome="a" if decisive else "tie")
 
     return vote
+
+
+def loop_job(assistant, owner):
+    """A loop run and its job, as "Improve this assistant" leaves them, with the adapter the job made."""
+    dataset = Dataset.objects.create(owner=owner, name=f"Improve {assistant.slug}", kind="preference")
+    version = DatasetVersion.objects.create(
+        dataset=dataset,
+        number=1,
+        source=DatasetSource.LOOP,
+        created_by=owner,
+        sha256="0" * 64,
+        example_count=12,
+        token_count=1200,
+        seconds_per_epoch=40.0,
+    )
+    job = FineTuneJob.objects.create(
+        owner=owner,
+        assistant=assistant,
+        dataset_version=version,
+        method="dpo",
+        base_model=assistant.current_version.base_model,
+    )
+    LoopRun.objects.create(
+        assistant=assistant,
+        parent=assistant.current_version,
+        pair_counts={"labeling": 12, "arena": 0},
+        dataset_version=version,
+        job=job,
+        created_by=owner,
+    )
+    adapter = Adapter.objects.create(
+        owner=owner,
+        name=f"loop-{job.pk}",
+        source=AdapterSource.TRAINED,
+        base_model=job.base_model,
+        base_model_hash="0" * 64,
+        job=job,
+        dataset_version=version,
+        engine_id=f"loop-{job.pk}",
+        path="/nonexistent",
+        sha256="1" * 64,
+    )
+    return job, adapter

@@ -15,61 +15,18 @@ from apps.arena.services import battle_start
 from apps.assistants.engine import engine_settings
 from apps.assistants.models import Visibility
 from apps.assistants.services import AssistantError, assistant_version_publish, assistant_visibility_set
-from apps.finetune.models import Adapter, AdapterSource, Dataset, DatasetSource, DatasetVersion, FineTuneJob
 from apps.loop.drafts import loop_draft_create
 from apps.loop.models import LoopRun
 from apps.loop.selectors import loop_drafts_for_owner
 from tests.factories import make_user, signed_in
+from tests.loop.conftest import loop_job
 
 pytestmark = pytest.mark.django_db
 
 
-def _loop_job(assistant, owner):
-    """A loop run and its job, as "Improve this assistant" leaves them, with the adapter the job made."""
-    dataset = Dataset.objects.create(owner=owner, name=f"Improve {assistant.slug}", kind="preference")
-    version = DatasetVersion.objects.create(
-        dataset=dataset,
-        number=1,
-        source=DatasetSource.LOOP,
-        created_by=owner,
-        sha256="0" * 64,
-        example_count=12,
-        token_count=1200,
-        seconds_per_epoch=40.0,
-    )
-    job = FineTuneJob.objects.create(
-        owner=owner,
-        assistant=assistant,
-        dataset_version=version,
-        method="dpo",
-        base_model=assistant.current_version.base_model,
-    )
-    LoopRun.objects.create(
-        assistant=assistant,
-        parent=assistant.current_version,
-        pair_counts={"labeling": 12, "arena": 0},
-        dataset_version=version,
-        job=job,
-        created_by=owner,
-    )
-    adapter = Adapter.objects.create(
-        owner=owner,
-        name=f"loop-{job.pk}",
-        source=AdapterSource.TRAINED,
-        base_model=job.base_model,
-        base_model_hash="0" * 64,
-        job=job,
-        dataset_version=version,
-        engine_id=f"loop-{job.pk}",
-        path="/nonexistent",
-        sha256="1" * 64,
-    )
-    return job, adapter
-
-
 def test_a_succeeded_loop_job_makes_one_draft_of_its_parent_with_the_new_adapter(assistant, owner):
     parent = assistant.current_version
-    job, adapter = _loop_job(assistant, owner)
+    job, adapter = loop_job(assistant, owner)
     draft = loop_draft_create(job=job, adapter=adapter.engine_id)
     assert draft.is_draft and draft.parent == parent and draft.number == parent.number + 1
     assert draft.adapter == adapter.engine_id
@@ -86,14 +43,14 @@ def test_a_succeeded_loop_job_makes_one_draft_of_its_parent_with_the_new_adapter
 
 
 def test_a_job_the_loop_did_not_start_makes_no_draft(assistant, owner):
-    job, adapter = _loop_job(assistant, owner)
+    job, adapter = loop_job(assistant, owner)
     LoopRun.objects.filter(job=job).delete()
     assert loop_draft_create(job=job, adapter=adapter.engine_id) is None
     assert not assistant.versions.filter(published_at__isnull=True).exists()
 
 
 def test_publishing_makes_the_draft_current_once_and_only_for_the_owner(assistant, owner):
-    job, adapter = _loop_job(assistant, owner)
+    job, adapter = loop_job(assistant, owner)
     draft = loop_draft_create(job=job, adapter=adapter.engine_id)
     with pytest.raises(AssistantError, match="owner"):
         assistant_version_publish(version=draft, actor=make_user("mallory"))
@@ -108,7 +65,7 @@ def test_publishing_makes_the_draft_current_once_and_only_for_the_owner(assistan
 def test_my_arena_draws_the_draft_against_its_parent_and_no_one_else_sees_it(assistant, owner):
     v1 = assistant.versions.get(number=1)
     parent = assistant.current_version
-    job, adapter = _loop_job(assistant, owner)
+    job, adapter = loop_job(assistant, owner)
     draft = loop_draft_create(job=job, adapter=adapter.engine_id)
     drawn = Counter()
     for seed in range(60):
@@ -123,7 +80,7 @@ def test_my_arena_draws_the_draft_against_its_parent_and_no_one_else_sees_it(ass
 
 
 def test_the_dashboard_tells_the_owner_until_the_draft_is_published(assistant, owner):
-    job, adapter = _loop_job(assistant, owner)
+    job, adapter = loop_job(assistant, owner)
     draft = loop_draft_create(job=job, adapter=adapter.engine_id)
     client = signed_in(owner)
     page = client.get(reverse("dashboard")).content.decode()
@@ -136,7 +93,7 @@ def test_the_dashboard_tells_the_owner_until_the_draft_is_published(assistant, o
 
 
 def test_no_one_but_the_owner_reaches_the_loop_pages_or_publishes(assistant, owner):
-    job, adapter = _loop_job(assistant, owner)
+    job, adapter = loop_job(assistant, owner)
     draft = loop_draft_create(job=job, adapter=adapter.engine_id)
     assistant_visibility_set(assistant=assistant, visibility=Visibility.PUBLIC)  # public: still not theirs
     other = signed_in(make_user("mallory"))

@@ -1,12 +1,20 @@
 """The "Improve this assistant" page over HTTP: the filters narrow what it counts, it shows the pairs' count,
 sources and scan findings, and offers the one confirmation only when there is enough clean data."""
 
+import json
+import random
+
 import pytest
 from django.urls import reverse
 
+from apps.arena.leaderboard import leaderboard_refresh
+from apps.arena.models import Mode
+from apps.arena.services import battle_start, battle_vote
+from apps.finetune.models import MetricPoint
+from apps.loop.drafts import loop_draft_create
 from tests.factories import signed_in
 from tests.html_tree import html_parse
-from tests.loop.conftest import shortest_first, three_answers
+from tests.loop.conftest import answer_battle, loop_job, shortest_first, three_answers
 
 pytestmark = pytest.mark.django_db
 
@@ -52,3 +60,30 @@ def test_the_assistant_page_links_to_improve_and_history_for_its_owner(assistant
     page = html_parse(signed_in(owner).get(reverse("assistants:edit", args=[assistant.slug])).content.decode())
     links = {a.attrs.get("href") for a in page.find_all("a")}
     assert {reverse("loop:improve", args=[assistant.slug]), reverse("loop:history", args=[assistant.slug])} <= links
+
+
+def test_the_history_shows_each_version_its_data_its_job_and_its_rating_beside_its_parents(assistant, owner):
+    parent = assistant.current_version
+    job, adapter = loop_job(assistant, owner)
+    draft = loop_draft_create(job=job, adapter=adapter)
+    MetricPoint.objects.create(job=job, kind="train", step=3, values={"loss": 0.52, "reward_accuracy": 0.75})
+    MetricPoint.objects.create(job=job, kind="train", step=1, values={"loss": 0.69, "reward_accuracy": 0.5})
+    MetricPoint.objects.create(job=job, kind="validation", step=3, values={"loss": 0.61})
+    for seed in range(16):  # sampled (rated) battles: the draft wins each of its own, v2 every other
+        battle = battle_start(user=owner, mode=Mode.PERSONAL, prompt="Hi", rng=random.Random(seed))
+        answer_battle(battle, "Hello.", "Hello there, how are you?")
+        sides = {battle.version_a_id: "a", battle.version_b_id: "b"}
+        battle_vote(battle=battle, user=owner, outcome=sides.get(draft.pk) or sides[parent.pk])
+    leaderboard_refresh(mode=Mode.PERSONAL, owner=owner)
+    tree = html_parse(signed_in(owner).get(reverse("loop:history", args=[assistant.slug])).content.decode())
+    rows = {e.attrs["data-version"]: e for e in tree.find_all("tr") if "data-version" in e.attrs}
+    assert {n: r.attrs["data-state"] for n, r in rows.items()} == {"1": "published", "2": "current", "3": "draft"}
+    metrics = next(e for e in rows["3"].iter() if "data-metrics" in e.attrs).text
+    assert "loss 0.520" in metrics and "reward accuracy 0.75" in metrics and "validation 0.610" in metrics
+    links = {a.attrs["href"] for a in rows["3"].find_all("a")}
+    assert reverse("finetune:job", args=[job.pk]) in links
+    chart = json.loads(next(e for e in tree.find_all("script") if e.attrs.get("id") == "loop-chart-data").text)
+    assert chart["labels"] == ["v3 vs its parent v2"]
+    assert chart["version_ratings"][0] > chart["parent_ratings"][0]
+    low, high = chart["version"][0]
+    assert low <= chart["version_ratings"][0] <= high
