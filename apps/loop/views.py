@@ -28,8 +28,7 @@ def improve(request, slug: str):
     assistant = _owned_or_404(request, slug)
     data = request.POST if request.method == "POST" else (request.GET or {"sources": list(SOURCES)})
     form = PairFilterForm(data, assistant=assistant)
-    gathering = loop_gather(assistant=assistant, filters=form.filters()) if form.is_valid() else None
-    if request.method == "POST" and gathering is not None:
+    if request.method == "POST" and form.is_valid():
         try:
             run = loop_improve_start(assistant=assistant, actor=request.user, filters=form.filters())
         except LoopError as error:
@@ -38,9 +37,10 @@ def improve(request, slug: str):
             messages.success(
                 request,
                 f"Training on {len(run.provenance)} pairs. When the job succeeds, a draft version appears "
-                "here and in My arena.",
+                "on the loop page and in My arena.",
             )
-            return redirect("finetune:job_detail", run.job_id)
+            return redirect("finetune:job", run.job_id)
+    gathering = loop_gather(assistant=assistant, filters=form.filters()) if form.is_valid() else None
     context = {
         "assistant": assistant,
         "form": form,
