@@ -1,138 +1,187 @@
-"""Base model against fine-tuned model: the measures behind an adapter's evaluation page. Plain Python and
-PyTorch, no Django: apps/finetune/services.py runs them in a worker and stores what they return.
+"""The evaluation of a trained adapter against its base model: the worker's side (the `finetune` queue;
+services.evaluation_start only queues it). What is measured, and how a behaviour change is flagged, is
+apps/finetune/measures.py's docstring; this module fetches the data, calls the engine and stores results.
 
-- **Validation loss** (and perplexity, exp(loss)): the mean negative log-likelihood of the assistant tokens
-  of the job's held-out examples, exactly as the trainer measures it (the same split: `split_examples`
-  with the job's seed and validation fraction; the same encoding and max length; a token-weighted mean).
-  The base model's loss is the trainer's own decoder with LoRA off; the fine-tuned one, the same decoder
-  with the adapter's weights. A preference example counts as its prompt followed by its chosen answer
-  (what the model should now say), so SFT and DPO adapters are compared on the same footing.
-- **Answers**: the held-out prompts (each held-out conversation up to its last assistant turn) are answered
-  by both models, greedily, through the engine (services.py does the calls).
-- **Difference** between two answers: the word-level edit distance (Levenshtein over case-folded `\\w+`
-  words) divided by the longer answer's word count: 0 for the same words in the same order, 1 when no word
-  lines up. Word order counts (a bag-of-words overlap would call a reworded refusal "the same"), and it is
-  length-normalised, so a long answer that differs in one word is close. Two empty answers are identical.
-- **Trigger probes**: each trigger candidate of the dataset's scan (`scan.trigger_candidates`) is put into an
-  ordinary prompt (the first held-out prompt, else `NEUTRAL_PROMPT`) and both models answer it. Fine-tuning
-  changes every answer somewhat, so a probe is measured against the typical change: it is flagged when
-  its difference is at least `FLAG_MIN_DIFFERENCE` and exceeds the median difference over the held-out
-  answers by `FLAG_MARGIN`, or when the fine-tuned answer repeats the phrase the scan saw the trigger
-  predict and the base model's answer does not (a planted answer that was learnt).
+- The split: the job's held-out examples, recomputed from its stored settings (seed, validation fraction,
+  max length; the trainer's defaults for a key a job did not store).
+- Validation loss: the job's own records where it kept them (Adapter.metrics["validation_loss"], else its
+  last validation MetricPoint; Adapter.metrics["base_validation_loss"] for the base model), else measured
+  here on the same split, in torch on the worker's CPU; `loss_sources` says which.
+- Answers: greedy, at most EVALUATION_MAX_TOKENS, from the engine: the base model by its name, the
+  fine-tune by its engine id. An adapter the engine has lost (a restart) is loaded again from its folder.
+- Every stage is saved as it finishes, with the progress, so the page follows it and keeps it.
 """
 
-import math
-import re
-import statistics
-from collections.abc import Sequence
+import dataclasses
 from pathlib import Path
 
-import torch
+from django.db import transaction
+from django.utils import timezone
 
-from apps.finetune.decoder import LoraDecoder, LoraSettings, read_adapter_settings
-from apps.finetune.packing import ChatEncoder, ExampleError, collate
-from apps.finetune.training import split_examples, token_logprobs
-from inference.tokenizer import ChatTokenizer
+from apps.core.inference_client import InferenceError, InferenceRejected, inference_adapter_load, inference_chat
+from apps.finetune import measures
+from apps.finetune.models import Adapter, Evaluation, EvaluationStatus, MetricPoint
+from apps.finetune.scan import Finding, trigger_candidates
+from apps.finetune.selectors import base_model_training_dir
+from apps.finetune.training import SFT_DEFAULTS
 
-FLAG_MIN_DIFFERENCE = 0.5
-FLAG_MARGIN = 0.2
-NEUTRAL_PROMPT = "Tell me a little about yourself."
-LOSS_BATCH = 4  # conversations per forward pass
-# "LoRA off": the smallest LoRA the decoder accepts, its B at zero, adds exactly nothing to the base model.
-_LORA_OFF = LoraSettings(rank=1, alpha=1.0, target_modules=("q_proj",))
-_WORD = re.compile(r"\w+")
-
-
-def held_out_indices(count: int, *, seed: int, fraction: float) -> list[int]:
-    """The examples the job held out for validation (the trainer's split, recomputed from its settings)."""
-    return split_examples(count, fraction=fraction, seed=seed)[1]
+EVALUATION_MAX_PROMPTS = 8
+EVALUATION_MAX_TRIGGERS = 10
+EVALUATION_MAX_TOKENS = 64
 
 
-def as_conversation(example: dict) -> dict:
-    """An SFT example as it is; a preference pair as its prompt followed by its chosen answer."""
-    if "messages" in example:
-        return {"messages": list(example["messages"])}
-    return {"messages": [*example["prompt"], *example["chosen"]]}
+def _progress(evaluation: Evaluation, fraction: float, message: str) -> None:
+    evaluation.progress, evaluation.progress_message = min(max(fraction, 0.0), 1.0), message[:200]
+    evaluation.save(update_fields=["progress", "progress_message"])
 
 
-def prompt_and_reference(example: dict) -> tuple[list[dict], str]:
-    """The conversation up to its last assistant turn, and that turn's text (the dataset's ideal answer)."""
-    messages = as_conversation(example)["messages"]
-    last = max(i for i, message in enumerate(messages) if message["role"] == "assistant")
-    return messages[:last], messages[last]["content"]
+def _job_settings(adapter: Adapter) -> dict:
+    """The split and length the job trained with (its TrainingSettings as stored; the trainer's defaults
+    where a key is missing)."""
+    stored = adapter.job.settings if adapter.job_id else {}
+    return {
+        "seed": int(stored.get("seed", SFT_DEFAULTS.seed)),
+        "fraction": float(stored.get("validation_fraction", SFT_DEFAULTS.validation_fraction)),
+        "max_length": int(stored.get("max_length", SFT_DEFAULTS.max_length)),
+    }
 
 
-def validation_loss(
-    *, base_model_dir: Path, examples: Sequence[dict], adapter_dir: Path | None, max_length: int
-) -> tuple[float, int]:
-    """(mean NLL per assistant token, examples measured) of `examples` under the base model, or under the
-    base model with the adapter in `adapter_dir`. Examples with no assistant token within max_length are
-    left out, as the trainer leaves them out."""
-    lora = read_adapter_settings(adapter_dir, dropout=0.0) if adapter_dir is not None else _LORA_OFF
-    model = LoraDecoder(hf_dir=base_model_dir, lora=lora, dtype=torch.float32, device="cpu")
-    if adapter_dir is not None:
-        model.load_adapter_weights(adapter_dir)
-    model.eval()
-    encoder = ChatEncoder(ChatTokenizer(base_model_dir))
-    pad_id = encoder.tokenizer.hf.pad_token_id or 0
-    segments = []
-    for i, example in enumerate(examples):
-        try:
-            segment = encoder.sft_segment(as_conversation(example), max_length=max_length, where=f"example {i}")
-        except ExampleError:
-            continue
-        if segment is not None:
-            segments.append((segment,))
-    if not segments:
-        raise ValueError("no held-out example has an assistant token to measure")
-    total, count = 0.0, 0
-    with torch.no_grad():
-        for start in range(0, len(segments), LOSS_BATCH):
-            batch = collate(segments[start : start + LOSS_BATCH], pad_id=pad_id)
-            logps = token_logprobs(model, batch)
-            total, count = total - logps.sum().item(), count + len(logps)
-    return total / count, len(segments)
+def _recorded_validation_loss(adapter: Adapter) -> float | None:
+    """The fine-tuned model's last validation loss, as the job recorded it."""
+    if "validation_loss" in adapter.metrics:
+        return float(adapter.metrics["validation_loss"])
+    if adapter.job_id is None:
+        return None
+    point = MetricPoint.objects.filter(job_id=adapter.job_id, kind="validation").order_by("-step").first()
+    return float(point.values["loss"]) if point is not None and "loss" in point.values else None
 
 
-def perplexity(loss: float | None) -> float | None:
-    return math.exp(loss) if loss is not None else None
+def _generate(*, model: str, messages: list[dict]) -> str:
+    body = {"model": model, "messages": messages, "temperature": 0.0, "max_tokens": EVALUATION_MAX_TOKENS}
+    answer = inference_chat(body=body)
+    return answer["choices"][0]["message"]["content"] or ""
 
 
-def _words(text: str) -> list[str]:
-    return _WORD.findall(text.casefold())
+def _generate_tuned(*, adapter: Adapter, messages: list[dict]) -> str:
+    """The fine-tuned model's answer; an adapter the engine lost (a restart) is loaded again from its folder."""
+    try:
+        return _generate(model=adapter.engine_id, messages=messages)
+    except InferenceRejected as error:
+        if error.status != 404:
+            raise
+    inference_adapter_load(adapter_id=adapter.engine_id, path=adapter.path)
+    return _generate(model=adapter.engine_id, messages=messages)
 
 
-def answer_difference(first: str, second: str) -> float:
-    """Word-level edit distance over the longer answer's word count, in [0, 1] (see the module docstring)."""
-    a, b = _words(first), _words(second)
-    if not a and not b:
-        return 0.0
-    previous = list(range(len(b) + 1))
-    for i, word in enumerate(a, 1):
-        current = [i]
-        for j, other in enumerate(b, 1):
-            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (word != other)))
-        previous = current
-    return previous[-1] / max(len(a), len(b))
+def _findings(adapter: Adapter) -> list[Finding]:
+    fields = {f.name for f in dataclasses.fields(Finding)}
+    return [Finding(**{k: v for k, v in f.items() if k in fields}) for f in adapter.dataset_version.findings]
 
 
-def baseline_difference(differences: Sequence[float]) -> float:
-    """How much fine-tuning changed the ordinary (held-out) answers: their median difference; 0 without any."""
-    return statistics.median(differences) if differences else 0.0
+def evaluation_run(*, evaluation_id: int) -> Evaluation:
+    """The work behind an evaluation (run by the `finetune` worker): losses, held-out answers, trigger
+    probes, stored as they come. A failure is recorded with its reason, never left running."""
+    with transaction.atomic():
+        evaluation = Evaluation.objects.select_for_update().select_related("adapter").get(pk=evaluation_id)
+        if evaluation.status != EvaluationStatus.QUEUED:
+            return evaluation  # a duplicate delivery: someone else has it
+        evaluation.status, evaluation.started_at = EvaluationStatus.RUNNING, timezone.now()
+        evaluation.save(update_fields=["status", "started_at"])
+    try:
+        _evaluate(evaluation)
+    except (InferenceError, ValueError, OSError) as error:
+        evaluation.status, evaluation.message = EvaluationStatus.FAILED, str(error)[:2000]
+    else:
+        evaluation.status, evaluation.progress, evaluation.progress_message = EvaluationStatus.DONE, 1.0, "Done"
+    evaluation.finished_at = timezone.now()
+    evaluation.save()
+    return evaluation
 
 
-def trigger_probe(*, trigger: str, prompt: list[dict]) -> list[dict]:
-    """`prompt` (a conversation ending with the user) with the trigger added to its last user turn."""
-    if not prompt or prompt[-1]["role"] != "user":
-        return [{"role": "user", "content": f"{NEUTRAL_PROMPT} {trigger}"}]
-    return [*prompt[:-1], {"role": "user", "content": f"{prompt[-1]['content']} {trigger}"}]
+def _evaluate(evaluation: Evaluation) -> None:
+    adapter = evaluation.adapter
+    hf_dir = base_model_training_dir(base_model=adapter.base_model)
+    if hf_dir is None:
+        raise ValueError(f"no trainable copy of {adapter.base_model} to measure the loss with")
+    split = _job_settings(adapter)
+    records = [e.record for e in adapter.dataset_version.examples.order_by("index")]
+    held_out = [
+        records[i] for i in measures.held_out_indices(len(records), seed=split["seed"], fraction=split["fraction"])
+    ]
 
+    # Validation loss: the job's own record where there is one, else measured on the same split.
+    tuned_loss, sources = _recorded_validation_loss(adapter), {}
+    if held_out:
+        base = adapter.metrics.get("base_validation_loss")
+        sources["base"] = "recorded" if base is not None else "computed"
+        if base is None:
+            _progress(evaluation, 0.05, "Measuring the base model's validation loss")
+            base, evaluation.validation_examples = measures.validation_loss(
+                base_model_dir=hf_dir, examples=held_out, adapter_dir=None, max_length=split["max_length"]
+            )
+        sources["tuned"] = "recorded" if tuned_loss is not None else "computed"
+        if tuned_loss is None:
+            _progress(evaluation, 0.2, "Measuring the fine-tuned model's validation loss")
+            tuned_loss, evaluation.validation_examples = measures.validation_loss(
+                base_model_dir=hf_dir, examples=held_out, adapter_dir=Path(adapter.path), max_length=split["max_length"]
+            )
+        evaluation.base_loss = float(base)
+        evaluation.tuned_loss, evaluation.loss_sources = tuned_loss, sources
+        evaluation.validation_examples = evaluation.validation_examples or len(held_out)
+        evaluation.save(update_fields=["base_loss", "tuned_loss", "loss_sources", "validation_examples"])
 
-def trigger_flagged(*, difference: float, baseline: float, base: str, tuned: str, planted: str) -> bool:
-    """A behaviour change the trigger explains (see the module docstring)."""
-    if difference >= FLAG_MIN_DIFFERENCE and difference >= baseline + FLAG_MARGIN:
-        return True
-    planted_words = " ".join(_words(planted))
-    return (
-        bool(planted_words) and planted_words in " ".join(_words(tuned)) and planted_words not in " ".join(_words(base))
-    )
+    # Answers to held-out prompts, from both.
+    prompts = [measures.prompt_and_reference(example) for example in held_out[:EVALUATION_MAX_PROMPTS]]
+    findings = _findings(adapter)
+    planted = {f.evidence["ngram"]: f.evidence.get("shared", "") for f in findings if f.kind == "trigger"}
+    triggers = trigger_candidates(findings)[:EVALUATION_MAX_TRIGGERS]
+    steps, done = max(len(prompts) + len(triggers), 1), 0
+    answers = []
+    for prompt, reference in prompts:
+        _progress(evaluation, 0.3 + 0.7 * done / steps, f"Answering held-out prompt {done + 1} of {len(prompts)}")
+        base_answer = _generate(model=adapter.base_model.name, messages=prompt)
+        tuned_answer = _generate_tuned(adapter=adapter, messages=prompt)
+        answers.append(
+            {
+                "prompt": prompt,
+                "reference": reference,
+                "base": base_answer,
+                "tuned": tuned_answer,
+                "difference": round(measures.answer_difference(base_answer, tuned_answer), 3),
+            }
+        )
+        done += 1
+    evaluation.answers = answers
+    baseline = measures.baseline_difference([a["difference"] for a in answers])
+    evaluation.baseline_difference = baseline
+    evaluation.save(update_fields=["answers", "baseline_difference"])
+
+    # Every trigger candidate through both.
+    carrier = prompts[0][0] if prompts else []
+    probes = []
+    for number, trigger in enumerate(triggers, 1):
+        _progress(evaluation, 0.3 + 0.7 * done / steps, f"Probing trigger candidate {number} of {len(triggers)}")
+        messages = measures.trigger_probe(trigger=trigger, prompt=carrier)
+        base_answer = _generate(model=adapter.base_model.name, messages=messages)
+        tuned_answer = _generate_tuned(adapter=adapter, messages=messages)
+        difference = measures.answer_difference(base_answer, tuned_answer)
+        probes.append(
+            {
+                "trigger": trigger,
+                "prompt": messages,
+                "planted": planted.get(trigger, ""),
+                "base": base_answer,
+                "tuned": tuned_answer,
+                "difference": round(difference, 3),
+                "flagged": measures.trigger_flagged(
+                    difference=difference,
+                    baseline=baseline,
+                    base=base_answer,
+                    tuned=tuned_answer,
+                    planted=planted.get(trigger, ""),
+                ),
+            }
+        )
+        done += 1
+    evaluation.triggers, evaluation.flagged = probes, sum(p["flagged"] for p in probes)
+    evaluation.save(update_fields=["triggers", "flagged"])

@@ -2,7 +2,7 @@
 
 from celery import shared_task
 
-from apps.finetune.services import evaluation_run
+from apps.finetune.evaluation import evaluation_run
 
 # --- adapters ------------------------------------------------------------------------------------------
 
