@@ -1,7 +1,8 @@
 """Adapter rows for the adapter tests, made as a finished training job leaves them (the jobs code makes the
 real ones): a dataset version with its examples and scan findings, a succeeded job, and the LoRA trained
-by `train_sft` on the tiny model copied into FINETUNE_ADAPTERS_DIR."""
+by `train_sft` on the tiny model copied into FINETUNE_ADAPTERS_DIR; and PEFT-written adapters to upload."""
 
+import copy
 import hashlib
 import json
 import secrets
@@ -10,6 +11,8 @@ from dataclasses import asdict
 from pathlib import Path
 
 from django.conf import settings
+from django.core.files.uploadedfile import SimpleUploadedFile
+from peft import LoraConfig, get_peft_model
 
 from apps.finetune.datasets import example_canonical_json
 from apps.finetune.models import (
@@ -22,6 +25,7 @@ from apps.finetune.models import (
     JobStatus,
 )
 from apps.finetune.scan import dataset_scan
+from apps.finetune.services import adapter_upload
 from apps.finetune.training import TrainingSettings
 from apps.registry.models import BaseModel
 from inference.adapters import ADAPTER_WEIGHTS
@@ -101,4 +105,26 @@ def trained_adapter(
         sha256=hashlib.sha256((path / ADAPTER_WEIGHTS).read_bytes()).hexdigest(),
         config=json.loads((path / "adapter_config.json").read_text()),
         metrics=metrics or {},
+    )
+
+
+def peft_adapter(model, out_dir, *, targets=("q_proj", "v_proj")) -> dict:
+    """A LoRA written by PEFT itself (random B, so it changes the model), as save_pretrained leaves it."""
+    peft = get_peft_model(
+        copy.deepcopy(model), LoraConfig(r=4, lora_alpha=8, target_modules=list(targets), init_lora_weights=False)
+    )
+    peft.save_pretrained(out_dir, safe_serialization=True)
+    return {
+        "weights": (out_dir / "adapter_model.safetensors").read_bytes(),
+        "config": (out_dir / "adapter_config.json").read_bytes(),
+    }
+
+
+def upload(owner, base, *, weights: bytes, config: bytes, name="Imported"):
+    return adapter_upload(
+        owner=owner,
+        name=name,
+        base_model=base,
+        weights_file=SimpleUploadedFile("adapter_model.safetensors", weights),
+        config_file=SimpleUploadedFile("adapter_config.json", config),
     )

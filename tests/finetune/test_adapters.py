@@ -1,7 +1,6 @@
 """Adapters on the Django side: the version's foreign key and the engine body, attaching (a new version),
 the safetensors-only upload, the owner-only pages and API (IDOR), and the arena button."""
 
-import copy
 import hashlib
 import io
 import json
@@ -9,12 +8,10 @@ import random
 
 import pytest
 import torch
-from django.core.files.uploadedfile import SimpleUploadedFile
 from django.db import connection
 from django.db.migrations.executor import MigrationExecutor
 from django.test import Client
 from django.urls import reverse
-from peft import LoraConfig, get_peft_model
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from apps.accounts.services import api_key_create
@@ -24,10 +21,10 @@ from apps.assistants.models import AssistantVersion
 from apps.assistants.services import AssistantConfig, AssistantError, assistant_update
 from apps.finetune.decoder import LoraSettings
 from apps.finetune.models import Adapter, AdapterSource
-from apps.finetune.services import AdapterError, adapter_arena_enter, adapter_attach, adapter_upload
+from apps.finetune.services import AdapterError, adapter_arena_enter, adapter_attach
 from apps.finetune.training import TrainingSettings, train_sft
 from tests.factories import make_assistant, make_user, signed_in
-from tests.finetune.adapter_records import tiny_base_model, trained_adapter
+from tests.finetune.adapter_records import peft_adapter, tiny_base_model, trained_adapter, upload
 from tests.finetune.conftest import conversation
 from tests.html_tree import html_parse
 
@@ -71,28 +68,6 @@ def bob():
 def ada_adapter(ada, base, tiny_lora):
     return trained_adapter(
         owner=ada, base_model=base, adapter_dir=tiny_lora.adapter_dir, examples=CONVERSATIONS, training=TRAINING
-    )
-
-
-def peft_adapter(model, out_dir, *, targets=("q_proj", "v_proj")) -> dict:
-    """A LoRA written by PEFT itself (random B, so it changes the model), as save_pretrained leaves it."""
-    peft = get_peft_model(
-        copy.deepcopy(model), LoraConfig(r=4, lora_alpha=8, target_modules=list(targets), init_lora_weights=False)
-    )
-    peft.save_pretrained(out_dir, safe_serialization=True)
-    return {
-        "weights": (out_dir / "adapter_model.safetensors").read_bytes(),
-        "config": (out_dir / "adapter_config.json").read_bytes(),
-    }
-
-
-def upload(owner, base, *, weights: bytes, config: bytes, name="Imported"):
-    return adapter_upload(
-        owner=owner,
-        name=name,
-        base_model=base,
-        weights_file=SimpleUploadedFile("adapter_model.safetensors", weights),
-        config_file=SimpleUploadedFile("adapter_config.json", config),
     )
 
 
