@@ -62,6 +62,11 @@ class StarterPromptsField(forms.Field):
             )
 
 
+class AdapterChoiceField(forms.ModelChoiceField):
+    def label_from_instance(self, obj: Adapter) -> str:
+        return f"{obj.name} (for {obj.base_model})"
+
+
 class AssistantForm(forms.Form):
     name = forms.CharField(max_length=80)
     slug = forms.SlugField(
@@ -83,7 +88,7 @@ class AssistantForm(forms.Form):
         required=False, help_text=f"Up to {MAX_STARTER_PROMPTS} suggestions shown when a chat starts."
     )
     base_model = forms.ModelChoiceField(queryset=chat_model_choices(), empty_label=None, label="Base model")
-    adapter = forms.ModelChoiceField(
+    adapter = AdapterChoiceField(
         queryset=Adapter.objects.none(),
         required=False,
         empty_label="None: the base model answers",

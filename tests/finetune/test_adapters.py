@@ -8,6 +8,7 @@ import random
 
 import pytest
 import torch
+from django.core.files.uploadedfile import SimpleUploadedFile
 from django.db import connection
 from django.db.migrations.executor import MigrationExecutor
 from django.test import Client
@@ -297,3 +298,36 @@ def test_enter_into_my_arena_battles_the_new_version_against_the_one_before(ada,
 def test_the_arena_needs_an_attached_adapter_with_a_previous_version(ada, base, ada_adapter):
     with pytest.raises(AdapterError, match="Attach"):
         adapter_arena_enter(adapter=ada_adapter, actor=ada)
+
+
+@pytest.mark.django_db
+def test_the_upload_page_stores_an_adapter_and_its_page_shows_the_provenance(
+    ada, base, ada_adapter, tiny_chat, tmp_path
+):
+    client = signed_in(ada)
+    files = peft_adapter(tiny_chat["model"], tmp_path / "peft")
+    form = {
+        "name": "From my laptop",
+        "base_model": base.pk,
+        "weights": SimpleUploadedFile("adapter_model.safetensors", files["weights"]),
+        "config": SimpleUploadedFile("adapter_config.json", files["config"]),
+    }
+    response = client.post(reverse("finetune:adapter_upload"), form)
+    uploaded = Adapter.objects.get(name="From my laptop")
+    assert response.status_code == 302 and response.url == reverse("finetune:adapter_detail", args=[uploaded.pk])
+
+    renamed = {
+        **form,
+        "name": "Sneaky",
+        "weights": SimpleUploadedFile("adapter_model.safetensors", b"\x80\x02}q\x00."),  # a pickled {}
+        "config": SimpleUploadedFile("adapter_config.json", files["config"]),
+    }
+    response = client.post(reverse("finetune:adapter_upload"), renamed)
+    assert response.status_code == 200 and not Adapter.objects.filter(name="Sneaky").exists()
+    assert "pickle" in response.content.decode()
+
+    page = html_parse(client.get(reverse("finetune:adapter_detail", args=[ada_adapter.pk])).content.decode())
+    fields = {e.attrs["data-field"]: e.text.strip() for e in page.iter() if "data-field" in e.attrs}
+    assert fields["base_model_hash"] == base.content_hash and fields["sha256"] == ada_adapter.sha256
+    assert str(ada_adapter.dataset_version) in fields["dataset_version"] and str(ada_adapter.job.pk) in fields["job"]
+    assert json.loads(fields["config"]) == ada_adapter.config
