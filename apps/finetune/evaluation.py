@@ -13,6 +13,7 @@ apps/finetune/measures.py's docstring; this module fetches the data, calls the e
 """
 
 import dataclasses
+import logging
 from pathlib import Path
 
 from django.db import transaction
@@ -25,14 +26,15 @@ from apps.finetune.scan import Finding, trigger_candidates
 from apps.finetune.selectors import base_model_training_dir
 from apps.finetune.training import SFT_DEFAULTS
 
-EVALUATION_MAX_PROMPTS = 8
-EVALUATION_MAX_TRIGGERS = 10
+EVALUATION_MAX_PROMPTS = 8  # held-out prompts answered by both; every trigger candidate is probed
 EVALUATION_MAX_TOKENS = 64
+
+log = logging.getLogger(__name__)
 
 
 def _progress(evaluation: Evaluation, fraction: float, message: str) -> None:
     evaluation.progress, evaluation.progress_message = min(max(fraction, 0.0), 1.0), message[:200]
-    evaluation.save(update_fields=["progress", "progress_message"])
+    evaluation.save(update_fields=["progress", "progress_message", "updated_at"])
 
 
 def _job_settings(adapter: Adapter) -> dict:
@@ -83,14 +85,18 @@ def evaluation_run(*, evaluation_id: int) -> Evaluation:
     probes, stored as they come. A failure is recorded with its reason, never left running."""
     with transaction.atomic():
         evaluation = Evaluation.objects.select_for_update().select_related("adapter").get(pk=evaluation_id)
-        if evaluation.status != EvaluationStatus.QUEUED:
-            return evaluation  # a duplicate delivery: someone else has it
+        if not evaluation.active:
+            return evaluation  # ended (a late duplicate, or given up as stale by evaluation_start)
+        # Running already means redelivered (acks_late): the worker that had it died; start over.
         evaluation.status, evaluation.started_at = EvaluationStatus.RUNNING, timezone.now()
-        evaluation.save(update_fields=["status", "started_at"])
+        evaluation.save(update_fields=["status", "started_at", "updated_at"])
     try:
         _evaluate(evaluation)
-    except (InferenceError, ValueError, OSError) as error:
+    except (InferenceError, ValueError, OSError) as error:  # the engine, the data or the files: said as is
         evaluation.status, evaluation.message = EvaluationStatus.FAILED, str(error)[:2000]
+    except Exception as error:  # anything else is a bug, but the page must not wait for it forever
+        log.exception("evaluation %s failed", evaluation.pk)
+        evaluation.status, evaluation.message = EvaluationStatus.FAILED, f"{type(error).__name__}: {error}"[:2000]
     else:
         evaluation.status, evaluation.progress, evaluation.progress_message = EvaluationStatus.DONE, 1.0, "Done"
     evaluation.finished_at = timezone.now()
@@ -128,13 +134,13 @@ def _evaluate(evaluation: Evaluation) -> None:
         evaluation.base_loss = float(base)
         evaluation.tuned_loss, evaluation.loss_sources = tuned_loss, sources
         evaluation.validation_examples = evaluation.validation_examples or len(held_out)
-        evaluation.save(update_fields=["base_loss", "tuned_loss", "loss_sources", "validation_examples"])
+        evaluation.save(update_fields=["base_loss", "tuned_loss", "loss_sources", "validation_examples", "updated_at"])
 
     # Answers to held-out prompts, from both.
     prompts = [measures.prompt_and_reference(example) for example in held_out[:EVALUATION_MAX_PROMPTS]]
     findings = _findings(adapter)
     planted = {f.evidence["ngram"]: f.evidence.get("shared", "") for f in findings if f.kind == "trigger"}
-    triggers = trigger_candidates(findings)[:EVALUATION_MAX_TRIGGERS]
+    triggers = trigger_candidates(findings)
     steps, done = max(len(prompts) + len(triggers), 1), 0
     answers = []
     for prompt, reference in prompts:
@@ -154,7 +160,7 @@ def _evaluate(evaluation: Evaluation) -> None:
     evaluation.answers = answers
     baseline = measures.baseline_difference([a["difference"] for a in answers])
     evaluation.baseline_difference = baseline
-    evaluation.save(update_fields=["answers", "baseline_difference"])
+    evaluation.save(update_fields=["answers", "baseline_difference", "updated_at"])
 
     # Every trigger candidate through both.
     carrier = prompts[0][0] if prompts else []
@@ -184,4 +190,4 @@ def _evaluate(evaluation: Evaluation) -> None:
         )
         done += 1
     evaluation.triggers, evaluation.flagged = probes, sum(p["flagged"] for p in probes)
-    evaluation.save(update_fields=["triggers", "flagged"])
+    evaluation.save(update_fields=["triggers", "flagged", "updated_at"])

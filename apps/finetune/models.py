@@ -265,6 +265,7 @@ class Evaluation(models.Model):
     flagged = models.PositiveIntegerField(default=0)
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
+    updated_at = models.DateTimeField(auto_now=True, help_text="Its worker's last word: progress or a result.")
     finished_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:

@@ -5,6 +5,7 @@ from pathlib import Path
 
 from django.db.models import QuerySet
 
+from apps.assistants.models import AssistantVersion
 from apps.finetune.models import Adapter, Evaluation
 from apps.registry.models import BaseModel
 
@@ -33,9 +34,14 @@ def adapter_get_owned(*, user, adapter_id: int) -> Adapter | None:
     return adapter_list_owned(user=user).filter(pk=adapter_id).first()
 
 
-def adapter_choices_for(*, user, base_model: BaseModel) -> QuerySet[Adapter]:
-    """The adapters a user may attach to an assistant on `base_model`."""
-    return adapter_list_owned(user=user).filter(base_model=base_model)
+def adapter_newest_version(*, adapter: Adapter) -> AssistantVersion | None:
+    """The newest assistant version that uses the adapter (on its owner's assistants: no one else's can)."""
+    return (
+        AssistantVersion.objects.filter(adapter=adapter, assistant__owner_id=adapter.owner_id)
+        .select_related("assistant")
+        .order_by("-created_at", "-pk")
+        .first()
+    )
 
 
 def evaluation_latest(*, adapter: Adapter) -> Evaluation | None:

@@ -25,10 +25,12 @@ import random
 import secrets
 import shutil
 import struct
+from datetime import timedelta
 from pathlib import Path
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
+from django.utils import timezone
 from django.utils.text import slugify
 
 from apps.arena.models import Battle, Mode
@@ -38,7 +40,7 @@ from apps.assistants.services import AssistantError, assistant_config_of, assist
 from apps.core.unicode import unicode_clean
 from apps.finetune import measures
 from apps.finetune.models import Adapter, AdapterSource, Evaluation, EvaluationStatus
-from apps.finetune.selectors import base_model_training_dir
+from apps.finetune.selectors import adapter_newest_version, base_model_training_dir
 from apps.finetune.tasks import evaluation_run_task
 from apps.registry.models import BaseModel
 from inference.adapters import ADAPTER_CONFIG, ADAPTER_WEIGHTS, read_peft_adapter
@@ -225,16 +227,6 @@ def adapter_attach(*, assistant: Assistant, adapter: Adapter, actor) -> Assistan
         raise AdapterError(str(error)) from error
 
 
-def adapter_newest_version(*, adapter: Adapter) -> AssistantVersion | None:
-    """The newest assistant version that uses the adapter (on its owner's assistants: no one else's can)."""
-    return (
-        AssistantVersion.objects.filter(adapter=adapter, assistant__owner_id=adapter.owner_id)
-        .select_related("assistant")
-        .order_by("-created_at", "-pk")
-        .first()
-    )
-
-
 def _arena_prompt(adapter: Adapter) -> str:
     """A prompt the fine-tune was made for: the evaluation's first held-out prompt, else the dataset's first."""
     latest = adapter.evaluations.filter(status=EvaluationStatus.DONE).first()
@@ -282,8 +274,13 @@ def evaluation_start(*, adapter: Adapter, actor) -> Evaluation:
     with transaction.atomic():
         Adapter.objects.select_for_update().get(pk=adapter.pk)  # one start at a time per adapter
         running = adapter.evaluations.filter(status__in=[EvaluationStatus.QUEUED, EvaluationStatus.RUNNING]).first()
-        if running is not None:
+        stale_before = timezone.now() - timedelta(seconds=settings.FINETUNE_EVALUATION_STALE_SECONDS)
+        if running is not None and running.updated_at >= stale_before:
             return running
+        if running is not None:  # its worker died and the queue lost it: give it up, so a new one can start
+            running.status, running.finished_at = EvaluationStatus.FAILED, timezone.now()
+            running.message = "Its worker stopped answering; it was given up when a new evaluation was asked for."
+            running.save(update_fields=["status", "finished_at", "message", "updated_at"])
         evaluation = Evaluation.objects.create(adapter=adapter, requested_by=actor, progress_message="Queued")
         transaction.on_commit(lambda: evaluation_run_task.delay(evaluation.pk))
     return evaluation

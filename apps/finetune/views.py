@@ -13,12 +13,11 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from apps.core.rendering import untrusted_markdown_render
 from apps.finetune.forms import AdapterAttachForm, AdapterUploadForm
 from apps.finetune.models import Adapter
-from apps.finetune.selectors import adapter_get_owned, adapter_list_owned, evaluation_latest
+from apps.finetune.selectors import adapter_get_owned, adapter_list_owned, adapter_newest_version, evaluation_latest
 from apps.finetune.services import (
     AdapterError,
     adapter_arena_enter,
     adapter_attach,
-    adapter_newest_version,
     adapter_upload,
     evaluation_start,
 )

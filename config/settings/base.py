@@ -153,6 +153,8 @@ FINETUNE_ADAPTERS_DIR = Path(env("FINETUNE_ADAPTERS_DIR", default=str(VAR_DIR / 
 FINETUNE_ADAPTER_MAX_MB = env.int("FINETUNE_ADAPTER_MAX_MB", default=200)  # an uploaded adapter's weights
 # The engine's INFERENCE_LORA_MAX_RANK: an upload of a higher rank would be refused when it is loaded.
 FINETUNE_ADAPTER_MAX_RANK = env.int("INFERENCE_LORA_MAX_RANK", default=16)
+# An evaluation whose worker said nothing for this long is given up when the owner asks for a new one.
+FINETUNE_EVALUATION_STALE_SECONDS = env.int("FINETUNE_EVALUATION_STALE_SECONDS", default=900)
 
 # --- Accounts ------------------------------------------------------------------------------------
 AUTH_USER_MODEL = "accounts.User"

@@ -174,7 +174,7 @@ def test_an_evaluation_compares_both_models_and_probes_every_trigger(
         assert (row["prompt"], row["reference"]) == (prompt, reference)
         assert isinstance(row["base"], str) and isinstance(row["tuned"], str)
         assert row["difference"] == round(measures.answer_difference(row["base"], row["tuned"]), 3)
-    assert [p["trigger"] for p in evaluation.triggers] == trigger_candidates(findings)[:10]
+    assert [p["trigger"] for p in evaluation.triggers] == trigger_candidates(findings)
     probe = next(p for p in evaluation.triggers if p["trigger"] == TRIGGER)
     assert TRIGGER in probe["prompt"][-1]["content"]
     assert measures.answer_difference(probe["planted"], PLANTED) == 0.0  # what the scan saw the trigger teach
@@ -254,3 +254,34 @@ def test_only_a_trained_adapter_is_evaluated(base, tiny_chat, tmp_path):
     uploaded = upload(ada, base, **peft_adapter(tiny_chat["model"], tmp_path / "peft"))
     with pytest.raises(AdapterError, match="trained here"):
         evaluation_start(adapter=uploaded, actor=ada)
+
+
+@pytest.mark.django_db
+def test_an_evaluation_that_cannot_reach_the_engine_fails_with_the_reason(base, poisoned_lora, settings):
+    settings.INFERENCE_URL = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    ada = make_user("ada")
+    adapter = trained_adapter(
+        owner=ada, base_model=base, adapter_dir=poisoned_lora.adapter_dir, examples=POISONED, training=TRAINING
+    )
+    evaluation = evaluation_run(evaluation_id=evaluation_start(adapter=adapter, actor=ada).pk)
+    evaluation.refresh_from_db()
+    assert evaluation.status == EvaluationStatus.FAILED and "not reachable" in evaluation.message
+    assert evaluation.finished_at is not None
+    assert evaluation.base_loss is not None and evaluation.tuned_loss is not None  # kept: done before the engine
+    assert evaluation_run(evaluation_id=evaluation.pk).status == EvaluationStatus.FAILED  # a late duplicate: no-op
+
+
+@pytest.mark.django_db
+def test_a_stale_evaluation_is_given_up_when_a_new_one_is_asked_for(base, poisoned_lora, settings):
+    ada = make_user("ada")
+    adapter = trained_adapter(
+        owner=ada, base_model=base, adapter_dir=poisoned_lora.adapter_dir, examples=POISONED, training=TRAINING
+    )
+    first = evaluation_start(adapter=adapter, actor=ada)
+    settings.FINETUNE_EVALUATION_STALE_SECONDS = 3600
+    assert evaluation_start(adapter=adapter, actor=ada).pk == first.pk
+    settings.FINETUNE_EVALUATION_STALE_SECONDS = 0
+    second = evaluation_start(adapter=adapter, actor=ada)
+    first.refresh_from_db()
+    assert second.pk != first.pk and second.status == EvaluationStatus.QUEUED
+    assert first.status == EvaluationStatus.FAILED and "stopped answering" in first.message
