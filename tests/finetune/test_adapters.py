@@ -242,10 +242,20 @@ def test_another_user_cannot_see_or_reach_an_adapter_by_id(ada, bob, base, ada_a
     listing = bob_client.get(reverse("finetune:adapter_list")).content.decode()
     assert ada_adapter.name not in listing and ada_adapter.engine_id not in listing
     assert not ada_adapter.evaluations.exists() and not AssistantVersion.objects.filter(adapter=ada_adapter).exists()
-    # The owner reaches every page.
+    # Nor name it in his builder's live preview: refused before anything reaches the engine.
+    bobs = make_assistant(bob, base_model=base, name="Bob's")
+    form = {"name": "Bob's", "base_model": base.pk, "adapter": pk, "temperature": "0.7", "top_p": "0.9",
+            "max_tokens": "64", "repetition_penalty": "1.1", "visibility": "private",
+            "conversation": json.dumps([{"role": "user", "content": "hi"}])}  # fmt: skip
+    response = bob_client.post(reverse("assistants:preview", args=[bobs.slug]), form)
+    assert response.status_code == 400 and "not one of the available choices" in response.json()["error"]
+    # The owner reaches every page, and queues an evaluation.
     ada_client = signed_in(ada)
     for name in ("finetune:adapter_detail", "finetune:adapter_evaluation"):
         assert ada_client.get(reverse(name, args=[pk])).status_code == 200
+    response = ada_client.post(reverse("finetune:adapter_evaluate", args=[pk]))
+    assert response.url == reverse("finetune:adapter_evaluation", args=[pk])
+    assert ada_adapter.evaluations.get().status == "queued"
 
 
 @pytest.mark.django_db
