@@ -18,7 +18,9 @@ from apps.finetune.models import Evaluation, EvaluationStatus, MetricPoint
 from apps.finetune.packing import ChatEncoder
 from apps.finetune.scan import Finding, trigger_candidates
 from apps.finetune.services import AdapterError, adapter_attach, evaluation_start
+from apps.finetune.tasks import evaluation_run_task
 from apps.finetune.training import TrainingSettings, train_sft
+from config.celery import app
 from inference.export import copy_tokenizer_files
 from inference.graph import build_decoder, load_decoder_weights
 from inference.tokenizer import ChatTokenizer
@@ -285,3 +287,8 @@ def test_a_stale_evaluation_is_given_up_when_a_new_one_is_asked_for(base, poison
     first.refresh_from_db()
     assert second.pk != first.pk and second.status == EvaluationStatus.QUEUED
     assert first.status == EvaluationStatus.FAILED and "stopped answering" in first.message
+
+
+def test_the_evaluation_task_runs_on_the_finetune_queue():
+    route = app.amqp.router.route({}, evaluation_run_task.name, args=(1,), kwargs={})
+    assert route["queue"].name == "finetune"
