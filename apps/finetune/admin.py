@@ -1,18 +1,44 @@
+"""Fine-tuning in the admin: read-only. Versions are immutable; uploads, curation and the scan override go through
+the services (the pages), which keep the provenance and the reason. Adapters are made by jobs and uploads,
+evaluations by the worker."""
+
 from django.contrib import admin
 
-from apps.finetune.models import Adapter, Evaluation
-
-# --- adapters ------------------------------------------------------------------------------------------
+from apps.finetune.models import Adapter, Dataset, DatasetExample, DatasetVersion, Evaluation
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
-    """Adapters are made by jobs and uploads, evaluations by the worker: the admin shows them, nothing more."""
-
     def has_add_permission(self, request, obj=None):
         return False
 
     def has_change_permission(self, request, obj=None):
         return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(Dataset)
+class DatasetAdmin(ReadOnlyAdmin):
+    list_display = ("name", "kind", "owner", "created_at")
+    list_filter = ("kind",)
+    search_fields = ("name", "owner__username")
+
+
+@admin.register(DatasetVersion)
+class DatasetVersionAdmin(ReadOnlyAdmin):
+    list_display = ("dataset", "number", "source", "example_count", "token_count", "high_findings", "override_by")
+    list_filter = ("source",)
+    search_fields = ("dataset__name", "sha256")
+
+
+@admin.register(DatasetExample)
+class DatasetExampleAdmin(ReadOnlyAdmin):
+    list_display = ("version", "index", "line", "tokens", "sha256")
+    search_fields = ("sha256",)
+
+
+# --- adapters ------------------------------------------------------------------------------------------
 
 
 @admin.register(Adapter)
@@ -26,9 +52,6 @@ class AdapterAdmin(ReadOnlyAdmin):
         "sha256", "config", "metrics", "created_at",
     )  # fmt: skip
     readonly_fields = fields
-
-    def has_delete_permission(self, request, obj=None):
-        return False  # assistant versions PROTECT it; its files would be left behind
 
 
 @admin.register(Evaluation)

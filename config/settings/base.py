@@ -146,6 +146,9 @@ KNOWLEDGE_MAX_UPLOAD_MB = env.int("KNOWLEDGE_MAX_UPLOAD_MB", default=50)
 # An ingestion whose worker saved no progress for this long lost its worker; it is marked failed, retryable.
 KNOWLEDGE_INGEST_STALE_SECONDS = env.int("KNOWLEDGE_INGEST_STALE_SECONDS", default=300)
 
+# --- Fine-tuning datasets ------------------------------------------------------------------------
+FINETUNE_MAX_UPLOAD_MB = env.int("FINETUNE_MAX_UPLOAD_MB", default=50)
+
 # --- Fine-tuning: adapters ----------------------------------------------------------------------
 # Every adapter's folder (adapter_model.safetensors + adapter_config.json), trained or uploaded: the engine
 # loads them from here, so it must see the same path (compose mounts var/ into both).
