@@ -7,7 +7,7 @@ from apps.finetune.evaluation import evaluation_run
 # --- adapters ------------------------------------------------------------------------------------------
 
 
-@shared_task(name="finetune.evaluation_run", queue="finetune")
+@shared_task(name="finetune.evaluation_run")
 def evaluation_run_task(evaluation_id: int) -> str:
     return evaluation_run(evaluation_id=evaluation_id).status
 
