@@ -360,7 +360,7 @@ def main() -> None:
         from tests.conftest import database_url, free_port, wait_for_http
 
         call_command("migrate", verbosity=0)
-        base_models_bootstrap()
+        base_models_bootstrap(progress=lambda spec, message, fraction: None)
         var = Path(os.environ["ATELIER_VAR_DIR"])
         port = free_port()
         env = {**os.environ, "INFERENCE_MAX_SEQS": "16", "INFERENCE_CONTEXT": "1024", "INFERENCE_API_KEY": ""}

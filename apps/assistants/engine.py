@@ -65,9 +65,12 @@ def instructions_render(*, text: str, user_name: str) -> str:
 
 def engine_settings(*, version) -> dict:
     """What a version (or an unsaved AssistantConfig, which has the same fields) asks of the engine: its
-    model (the fine-tune's adapter, else the base model) and its sampling settings."""
+    model (the fine-tune's adapter, else the base model) and its sampling settings.
+
+    The adapter's engine id is the model; `version.adapter.path` is the folder the engine loads it from, so
+    whoever gets the engine's 404 for an adapter it lost (a restart) can load it again from the version."""
     return {
-        "model": version.adapter or version.base_model.name,
+        "model": version.adapter.engine_id if version.adapter_id else version.base_model.name,
         "temperature": version.temperature,
         "top_p": version.top_p,
         "repetition_penalty": version.repetition_penalty,

@@ -41,7 +41,7 @@ def _claim(message_id: str) -> Message | None:
     with transaction.atomic():
         reply = (
             Message.objects.select_for_update(of=("self",))
-            .select_related("assistant_version__base_model", "conversation__owner")
+            .select_related("assistant_version__base_model", "assistant_version__adapter", "conversation__owner")
             .filter(pk=message_id)
             .first()
         )

@@ -152,6 +152,11 @@ def inference_embed(*, texts: list[str], model: str = EMBEDDING_MODEL) -> list[l
     return vectors
 
 
+def inference_adapter_load(*, adapter_id: str, path: str) -> dict:
+    """Load (or reload) the PEFT adapter in folder `path` into the engine as model `adapter_id`, hot."""
+    return _post("/v1/adapters", {"id": adapter_id, "path": path})
+
+
 def inference_complete(*, body: dict) -> dict:
     """One non-streaming `/v1/completions` call (the playground's document simulator)."""
     return _post("/v1/completions", {**body, "stream": False})

@@ -4,6 +4,8 @@ A dataset and its versions are its owner's: everyone else gets 404, not 403, so 
 exception is the review of a version with high-severity findings: an admin may open any such version to read
 its report and override it (`dataset_version_get_for_viewer`); everything that writes or reads examples into
 something new (adding, curating, training) goes through `dataset_get_owned`.
+
+An adapter is its owner's alone: anyone else's is None here (views answer 404), so ids cannot be probed.
 """
 
 import json
@@ -14,8 +16,9 @@ from django.db.models import Count, OuterRef, QuerySet, Subquery
 from django.http import Http404
 
 from apps.accounts.models import Role
+from apps.assistants.models import AssistantVersion
 from apps.chat.models import Message
-from apps.finetune.models import Dataset, DatasetExample, DatasetKind, DatasetVersion
+from apps.finetune.models import Adapter, Dataset, DatasetExample, DatasetKind, DatasetVersion, Evaluation
 from apps.registry.catalog import SMOLLM2_FP32
 from apps.registry.models import BaseModel
 
@@ -164,3 +167,45 @@ def curation_datasets(*, user) -> dict[str, list[str]]:
     for name, kind in Dataset.objects.filter(owner=user).order_by("name").values_list("name", "kind"):
         names[kind].append(name)
     return names
+
+
+# --- adapters ------------------------------------------------------------------------------------------
+
+
+def base_model_training_dir(*, base_model: BaseModel) -> Path | None:
+    """The Hugging Face folder (config.json, safetensors, tokenizer) of a base model: what the trainer, the
+    evaluation and an upload's shape check read. A quantized variant has none of its own; the same model's
+    other variants (the fp32 reference is built from that folder) share theirs."""
+    same_model = BaseModel.objects.filter(name=base_model.name).exclude(pk=base_model.pk).order_by("variant")
+    for candidate in [base_model, *same_model]:
+        hf_dir = Path(candidate.path) / "hf" if candidate.path else None
+        if hf_dir is not None and (hf_dir / "config.json").is_file():
+            return hf_dir
+    return None
+
+
+def adapter_list_owned(*, user) -> QuerySet[Adapter]:
+    if not user.is_authenticated:
+        return Adapter.objects.none()
+    return Adapter.objects.filter(owner=user).select_related("base_model", "dataset_version__dataset", "job")
+
+
+def adapter_get_owned(*, user, adapter_id: int) -> Adapter | None:
+    return adapter_list_owned(user=user).filter(pk=adapter_id).first()
+
+
+def adapter_newest_version(*, adapter: Adapter) -> AssistantVersion | None:
+    """The newest assistant version that uses the adapter (on its owner's assistants: no one else's can)."""
+    return (
+        AssistantVersion.objects.filter(adapter=adapter, assistant__owner_id=adapter.owner_id)
+        .select_related("assistant")
+        .order_by("-created_at", "-pk")
+        .first()
+    )
+
+
+def evaluation_latest(*, adapter: Adapter) -> Evaluation | None:
+    return adapter.evaluations.order_by("-created_at", "-pk").first()
+
+
+# --- end adapters ---

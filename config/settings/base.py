@@ -112,6 +112,7 @@ CELERY_TASK_ROUTES = {
     "chat.reply_generate": {"queue": "chat"},
     "chat.conversation_title": {"queue": "chat"},
     "knowledge.document_ingest": {"queue": "ingest"},  # one task per document version (apps/knowledge/services.py)
+    "finetune.evaluation_run": {"queue": "finetune"},  # base vs fine-tuned: loads the model in torch
 }
 # Periodic tasks, sent by one `celery beat` process (make run starts it; compose has a `beat` service).
 CELERY_BEAT_SCHEDULE = {
@@ -148,6 +149,16 @@ KNOWLEDGE_INGEST_STALE_SECONDS = env.int("KNOWLEDGE_INGEST_STALE_SECONDS", defau
 
 # --- Fine-tuning datasets ------------------------------------------------------------------------
 FINETUNE_MAX_UPLOAD_MB = env.int("FINETUNE_MAX_UPLOAD_MB", default=50)
+
+# --- Fine-tuning: adapters ----------------------------------------------------------------------
+# Every adapter's folder (adapter_model.safetensors + adapter_config.json), trained or uploaded: the engine
+# loads them from here, so it must see the same path (compose mounts var/ into both).
+FINETUNE_ADAPTERS_DIR = Path(env("FINETUNE_ADAPTERS_DIR", default=str(VAR_DIR / "adapters"))).resolve()
+FINETUNE_ADAPTER_MAX_MB = env.int("FINETUNE_ADAPTER_MAX_MB", default=200)  # an uploaded adapter's weights
+# The engine's INFERENCE_LORA_MAX_RANK: an upload of a higher rank would be refused when it is loaded.
+FINETUNE_ADAPTER_MAX_RANK = env.int("INFERENCE_LORA_MAX_RANK", default=16)
+# An evaluation whose worker said nothing for this long is given up when the owner asks for a new one.
+FINETUNE_EVALUATION_STALE_SECONDS = env.int("FINETUNE_EVALUATION_STALE_SECONDS", default=900)
 
 # --- Accounts ------------------------------------------------------------------------------------
 AUTH_USER_MODEL = "accounts.User"

@@ -15,7 +15,7 @@ from apps.arena.leaderboard import leaderboard_refresh
 from apps.arena.models import BattleAnswer, Mode
 from apps.arena.services import battle_start, battle_vote
 from apps.assistants.selectors import chat_model_default
-from apps.assistants.services import assistant_update, version_config
+from apps.assistants.services import assistant_config_of, assistant_update
 from apps.loop.models import LoopRun
 from tests.browser import browser_watch, login
 from tests.factories import PASSWORD, make_assistant
@@ -40,7 +40,7 @@ def test_improve_train_draft_and_publish_in_the_browser(web_server, browser, art
     assistant = make_assistant(owner, name="Brief", base_model=chat_model_default(), max_tokens=24)
     v1 = assistant.current_version
     v2 = assistant_update(
-        assistant=assistant, actor=owner, config=version_config(version=v1), visibility=assistant.visibility
+        assistant=assistant, actor=owner, config=assistant_config_of(version=v1), visibility=assistant.visibility
     )
     # Seeded through the services: three labelers rank every task (shortest first); the owner votes once.
     ranked_set(

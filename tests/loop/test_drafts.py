@@ -27,15 +27,15 @@ pytestmark = pytest.mark.django_db
 def test_a_succeeded_loop_job_makes_one_draft_of_its_parent_with_the_new_adapter(assistant, owner):
     parent = assistant.current_version
     job, adapter = loop_job(assistant, owner)
-    draft = loop_draft_create(job=job, adapter=adapter.engine_id)
+    draft = loop_draft_create(job=job, adapter=adapter)
     assert draft.is_draft and draft.parent == parent and draft.number == parent.number + 1
-    assert draft.adapter == adapter.engine_id
+    assert draft.adapter == adapter
     assert (draft.instructions, draft.temperature, draft.max_tokens) == (
         parent.instructions,
         parent.temperature,
         parent.max_tokens,
     )
-    assert loop_draft_create(job=job, adapter=adapter.engine_id) == draft  # a retried hook makes no second one
+    assert loop_draft_create(job=job, adapter=adapter) == draft  # a retried hook makes no second one
     assert LoopRun.objects.get(job=job).draft == draft
     assistant.refresh_from_db()
     assert assistant.current_version == parent  # nothing changed for users
@@ -45,13 +45,13 @@ def test_a_succeeded_loop_job_makes_one_draft_of_its_parent_with_the_new_adapter
 def test_a_job_the_loop_did_not_start_makes_no_draft(assistant, owner):
     job, adapter = loop_job(assistant, owner)
     LoopRun.objects.filter(job=job).delete()
-    assert loop_draft_create(job=job, adapter=adapter.engine_id) is None
+    assert loop_draft_create(job=job, adapter=adapter) is None
     assert not assistant.versions.filter(published_at__isnull=True).exists()
 
 
 def test_publishing_makes_the_draft_current_once_and_only_for_the_owner(assistant, owner):
     job, adapter = loop_job(assistant, owner)
-    draft = loop_draft_create(job=job, adapter=adapter.engine_id)
+    draft = loop_draft_create(job=job, adapter=adapter)
     with pytest.raises(AssistantError, match="owner"):
         assistant_version_publish(version=draft, actor=make_user("mallory"))
     assistant_version_publish(version=draft, actor=owner)
@@ -66,7 +66,7 @@ def test_my_arena_draws_the_draft_against_its_parent_and_no_one_else_sees_it(ass
     v1 = assistant.versions.get(number=1)
     parent = assistant.current_version
     job, adapter = loop_job(assistant, owner)
-    draft = loop_draft_create(job=job, adapter=adapter.engine_id)
+    draft = loop_draft_create(job=job, adapter=adapter)
     drawn = Counter()
     for seed in range(60):
         battle = battle_start(user=owner, mode=Mode.PERSONAL, prompt="Hi", rng=random.Random(seed))
@@ -81,7 +81,7 @@ def test_my_arena_draws_the_draft_against_its_parent_and_no_one_else_sees_it(ass
 
 def test_the_dashboard_tells_the_owner_until_the_draft_is_published(assistant, owner):
     job, adapter = loop_job(assistant, owner)
-    draft = loop_draft_create(job=job, adapter=adapter.engine_id)
+    draft = loop_draft_create(job=job, adapter=adapter)
     client = signed_in(owner)
     page = client.get(reverse("dashboard")).content.decode()
     assert f'data-draft="{assistant.slug}-{draft.number}"' in page
@@ -94,7 +94,7 @@ def test_the_dashboard_tells_the_owner_until_the_draft_is_published(assistant, o
 
 def test_no_one_but_the_owner_reaches_the_loop_pages_or_publishes(assistant, owner):
     job, adapter = loop_job(assistant, owner)
-    draft = loop_draft_create(job=job, adapter=adapter.engine_id)
+    draft = loop_draft_create(job=job, adapter=adapter)
     assistant_visibility_set(assistant=assistant, visibility=Visibility.PUBLIC)  # public: still not theirs
     other = signed_in(make_user("mallory"))
     for url in (reverse("loop:improve", args=[assistant.slug]), reverse("loop:history", args=[assistant.slug])):

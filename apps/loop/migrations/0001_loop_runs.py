@@ -10,7 +10,7 @@ class Migration(migrations.Migration):
     initial = True
 
     dependencies = [
-        ('assistants', '0003_version_drafts_and_lineage'),
+        ('assistants', '0004_version_drafts_and_lineage'),
         ('finetune', '0001_initial'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]

@@ -13,7 +13,7 @@ def publish_existing(apps, schema_editor):
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("assistants", "0002_knowledge_retrieval_settings"),
+        ("assistants", "0003_adapter_foreign_key"),
     ]
 
     operations = [
