@@ -4,17 +4,18 @@ What it runs, all through the product's own services, against an embedded Postgr
 var/bench/loop, a real inference server (SmolLM2-135M-Instruct, q4, with LoRA banks) and a real Celery worker
 (the `finetune` queue trains; on success the job hot-loads the adapter and the loop's hook makes the draft):
 
-1. An owner's assistant (v1, the base model, answers up to LOOP_MAX_TOKENS tokens).
-2. Training prompts in task sets with LOOP_CANDIDATES candidates each from v1 (`task_set_create`, then
-   `candidates_generate`, several task sets at once so the engine batches across prompts).
+1. An owner's assistant (v1, the base model, answers up to `max_tokens` tokens).
+2. Training prompts in task sets with `candidates` candidates each from v1, at CANDIDATE_TEMPERATURE
+   (`task_set_create`, then `candidates_generate`, several task sets at once so the engine batches prompts).
 3. Stand-in labelers (bench/standin.py's judge) claim every task and submit its ranking (`task_claim_next`,
    `ranking_submit`): labeling consensus, never rows written by hand.
 4. The flow: `loop_gather` (count and scan findings), then `loop_improve_start` (dataset version, DPO job),
    then the worker trains; the job's success makes the draft v2 (`parent` = v1).
-5. Held-out prompts (other topics than the training prompts) in task sets with candidates from v1 and the
-   draft v2 (LOOP_HELD_OUT_SAMPLES each), and the judge compares every v2 answer with every v1 answer of the
-   same prompt. The win rate is over prompts (a prompt's score is the mean of its comparisons, a tie counts
-   half); its 95% interval is a percentile bootstrap over prompts (BOOTSTRAP_ROUNDS resamples).
+5. Held-out prompts (other topics than the training prompts) in task sets with answers from v1 and the draft
+   v2 (`held_out_samples` each, with the versions' own sampling settings, as users would get them), and the
+   judge compares every v2 answer with every v1 answer of the same prompt. The win rate is over prompts (a
+   prompt's score is the mean of its comparisons, a tie counts half); its 95% interval is a percentile
+   bootstrap over prompts (BOOTSTRAP_ROUNDS resamples).
 
 Writes bench/results_loop.md (and prints it): the win rate and interval, the wall time of each phase and of
 the whole loop, the seed, and the machine's load. LOOP_SEED (default 0) seeds the task sets (and so the
@@ -54,6 +55,7 @@ TEMPLATES = (
     "Why does {topic} matter?",
 )
 BOOTSTRAP_ROUNDS = 2000
+CANDIDATE_TEMPERATURE = 1.0
 TARGET_WALL_S = 15 * 60
 
 
@@ -104,7 +106,15 @@ def _chunks(items: list, parts: int) -> list[list]:
 
 
 def task_sets_generate(
-    *, name: str, admin, prompts: list[str], versions: list, candidates: int, seed: int, parallel: int
+    *,
+    name: str,
+    admin,
+    prompts: list[str],
+    versions: list,
+    candidates: int,
+    seed: int,
+    parallel: int,
+    sampling: dict | None = None,
 ) -> list:
     """Task sets of `prompts` with candidates from `versions`, generated through the labeling services, several
     sets at once (each generation sends one prompt at a time; parallel sets let the engine batch)."""
@@ -122,7 +132,7 @@ def task_sets_generate(
             versions=versions,
             candidates_per_task=candidates,
             rankings_per_task=1,
-            sampling={"temperature": 1.0},
+            sampling=sampling,
             guideline_text=GUIDELINE,
             seed=seed + i,
         )
@@ -224,6 +234,7 @@ def loop_bench_run(
         candidates=config.candidates,
         seed=config.seed,
         parallel=config.parallel_sets,
+        sampling={"temperature": CANDIDATE_TEMPERATURE},  # varied candidates to rank
     )
     phases["training candidates"] = time.perf_counter() - started
 
@@ -315,14 +326,16 @@ def _report(result: LoopBenchResult, config: LoopBenchConfig, *, load_start: flo
         "",
         "## What ran",
         "",
-        f"- Training: {config.train_prompts} prompts × {config.candidates} candidates from v1 (temperature 1.0), "
+        f"- Training: {config.train_prompts} prompts × {config.candidates} candidates from v1 (temperature "
+        f"{CANDIDATE_TEMPERATURE}), "
         f"ranked by stand-in labelers through the claim queue; {result.pairs} consensus pairs "
         f"({result.by_source}), {result.findings} scan finding(s), {result.high_findings} high.",
         f"- DPO job {result.job.pk} with the loop's defaults for {result.pairs} pairs: {settings.epochs} epoch(s), "
         f"learning rate {settings.learning_rate}, batch {settings.batch_size}, beta {settings.beta}, LoRA rank "
         f"{settings.lora.rank} on {len(settings.lora.target_modules)} modules.",
         f"- Held-out: {config.held_out_prompts} prompts on topics never trained on, "
-        f"{config.held_out_samples} answer(s) per version per prompt (temperature 1.0); every draft answer judged "
+        f"{config.held_out_samples} answer(s) per version per prompt with the versions' own sampling (temperature "
+        f"{result.parent.temperature}, top-p {result.parent.top_p}); every draft answer judged "
         f"against every parent answer of its prompt; bootstrap over prompts, {BOOTSTRAP_ROUNDS} rounds, seed "
         f"{config.seed}.",
         f"- Mean words per held-out answer: parent {result.words['parent']:.1f}, draft {result.words['draft']:.1f}.",

@@ -50,7 +50,7 @@ from apps.loop.models import LoopRun
 LABELING, ARENA = "labeling", "arena"
 SOURCES = (LABELING, ARENA)
 MIN_PAIRS = 8  # fewer cannot move a model in a way worth a job
-TARGET_STEPS = 60
+TARGET_STEPS = 40
 MAX_EPOCHS = 4
 SMALL_DATA_PAIRS, LARGE_DATA_PAIRS = 200, 2000
 SMALL_DATA_LEARNING_RATE = 2e-4

@@ -18,6 +18,7 @@ from apps.loop.selectors import (
     ARENA,
     LABELING,
     MAX_EPOCHS,
+    TARGET_STEPS,
     PairFilters,
     loop_gather,
     loop_pairs,
@@ -156,7 +157,7 @@ def test_training_defaults_take_enough_steps_for_small_sets_and_a_smaller_rate_f
     settings = loop_training_settings(pairs=pairs)
     steps = settings.epochs * -(-pairs // settings.batch_size)
     assert 1 <= settings.epochs <= MAX_EPOCHS
-    assert steps >= min(60, MAX_EPOCHS * -(-pairs // settings.batch_size))
+    assert steps >= min(TARGET_STEPS, MAX_EPOCHS * -(-pairs // settings.batch_size))
     assert DPO_DEFAULTS.learning_rate <= settings.learning_rate <= 2e-4
     bigger = loop_training_settings(pairs=pairs * 2)
     assert bigger.learning_rate <= settings.learning_rate and bigger.epochs <= settings.epochs
