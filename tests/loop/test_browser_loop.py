@@ -10,7 +10,6 @@ import random
 import pytest
 from playwright.sync_api import expect
 
-from apps.accounts.models import Role
 from apps.arena.leaderboard import leaderboard_refresh
 from apps.arena.models import BattleAnswer, Mode
 from apps.arena.services import battle_start, battle_vote
@@ -19,7 +18,6 @@ from apps.assistants.services import assistant_config_of, assistant_update
 from apps.loop.models import LoopRun
 from tests.browser import browser_watch, login
 from tests.factories import PASSWORD, make_assistant
-from tests.loop.conftest import make_role_user
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 PROMPTS = ["Name a fruit.", "Describe the sea.", "Name a colour."]
@@ -35,8 +33,9 @@ def _answers_done(battle, timeout: float = 120) -> None:
         time.sleep(0.3)
 
 
-def test_improve_train_draft_and_publish_in_the_browser(web_server, browser, artifacts_dir, models_ready, ranked_set):
-    owner = make_role_user("olive", Role.MEMBER)
+def test_improve_train_draft_and_publish_in_the_browser(
+    web_server, browser, artifacts_dir, models_ready, owner, ranked_set
+):
     assistant = make_assistant(owner, name="Brief", base_model=chat_model_default(), max_tokens=24)
     v1 = assistant.current_version
     v2 = assistant_update(
