@@ -21,7 +21,7 @@ from apps.assistants.models import Assistant
 from apps.finetune.datasets import DatasetInvalid, DatasetKind, chat_token_counter, dataset_parse
 from apps.finetune.models import DatasetSource, JobStatus, Method
 from apps.finetune.selectors import tokenizer_dir_get
-from apps.finetune.services import DatasetError, dataset_version_create
+from apps.finetune.services import DatasetError, FineTuneJobError, dataset_version_create, finetune_job_create
 from apps.loop.models import LoopRun
 from apps.loop.selectors import MIN_PAIRS, PairFilters, loop_gather, loop_training_settings
 
@@ -37,8 +37,6 @@ def loop_dataset_name(*, assistant: Assistant) -> str:
 @transaction.atomic
 def loop_improve_start(*, assistant: Assistant, actor, filters: PairFilters) -> LoopRun:
     """Build the dataset version and queue the DPO job (see the module docstring); the LoopRun records both."""
-    from apps.finetune.services import finetune_job_create  # MERGE: to the top once ftjobs lands
-
     if assistant.owner_id != actor.pk:
         raise LoopError("Only the assistant's owner can improve it.")
     assistant = Assistant.objects.select_for_update().get(pk=assistant.pk)  # one confirmation at a time
@@ -82,14 +80,17 @@ def loop_improve_start(*, assistant: Assistant, actor, filters: PairFilters) -> 
     except (DatasetInvalid, DatasetError) as error:
         raise LoopError(f"The pairs do not make a trainable dataset: {error}") from error
     settings = loop_training_settings(pairs=len(gathering.pairs))
-    job = finetune_job_create(
-        owner=actor,
-        dataset_version=dataset_version,
-        method=Method.DPO,
-        settings={"epochs": settings.epochs, "learning_rate": settings.learning_rate},
-        start_adapter=parent.adapter,
-        assistant=assistant,
-    )
+    try:
+        job = finetune_job_create(
+            owner=actor,
+            dataset_version=dataset_version,
+            method=Method.DPO,
+            settings={"epochs": settings.epochs, "learning_rate": settings.learning_rate},
+            start_adapter=parent.adapter,
+            assistant=assistant,
+        )
+    except FineTuneJobError as error:
+        raise LoopError(str(error)) from error
     return LoopRun.objects.create(
         assistant=assistant,
         parent=parent,
