@@ -16,6 +16,7 @@ from apps.labeling.models import Candidate
 from apps.labeling.services import PromptInput, ranking_submit, task_claim_next, task_set_create
 from apps.loop.models import LoopRun
 from tests.factories import make_assistant, make_user
+from tests.finetune.conftest import tiny_chat  # noqa: F401 (the tiny chat model, a fixture for test_improve)
 
 SHORT, LONG, MIDDLE = "Short.", "A much longer answer that rambles on.", "A middling answer."
 
