@@ -132,3 +132,27 @@ def test_the_api_names_the_passages_and_checks_the_citations(models_ready, infer
     data = json.loads(response.content)
     assert response.status_code == 200 and data["atelier_sources"] == [{"n": 1, "document": "kettle.md", "page": None}]
     assert {int(n) for n in CITATION.findall(data["choices"][0]["message"]["content"])} <= {1}
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+def test_a_streamed_api_answer_names_the_passages_and_checks_the_citations(models_ready, web_server):
+    import openai
+
+    from apps.accounts.services import api_key_create
+
+    owner = make_user("ada")
+    collection = make_collection(owner)
+    ingested(collection, "kettle.md", KETTLE)
+    assistant = make_assistant(owner, knowledge_collections=(collection,), knowledge_top_k=1, max_tokens=48)
+    _, key = api_key_create(user=owner, name="laptop")
+    client = openai.OpenAI(base_url=f"{web_server}/api/v1", api_key=key, max_retries=0, timeout=120)
+    stream = client.chat.completions.create(
+        model=assistant.slug, messages=[{"role": "user", "content": QUESTION}], stream=True
+    )
+    chunks = list(stream)
+    assert chunks[0].model_extra["atelier_sources"] == [{"n": 1, "document": "kettle.md", "page": None}]
+    assert all("atelier_sources" not in chunk.model_extra for chunk in chunks[1:])
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text and {int(n) for n in CITATION.findall(text)} <= {1}
+
