@@ -10,7 +10,10 @@ from beat as a safety net. So the broker holds at most that many messages per ow
 behind at most KNOWLEDGE_INGEST_PER_USER tasks of each other active owner, never behind their whole upload.
 
 One dispatcher at a time (a transaction-scoped advisory lock), so two tasks finishing together cannot both fill
-the same free slot. The messages are sent once the marks commit.
+the same free slot. The messages are sent once the marks commit; a message that is lost anyway (a broker
+restart, a failed send) leaves a version queued and dispatched that no worker ever takes: beat's
+`versions_fail_stale` (ingestion.py) sends it again, and fails it as retryable after KNOWLEDGE_INGEST_DISPATCH_MAX
+sends. Sending twice is harmless: ingestion claims only a queued version, so a duplicate message is skipped.
 
 The price is a few queries per dispatch (one count per owner with waiting versions), paid once per finished
 document: nothing next to extracting and embedding it.
