@@ -8,14 +8,15 @@
 2. Two rankings, each CANDIDATES deep: the embedding's cosine distance (pgvector, HNSW index) and
    Postgres full text (the generated English tsvector, GIN index), queried with `websearch_to_tsquery` over
    the query's words joined by `or` (a question's words are rarely all in one passage; ts_rank still
-   favours passages holding more of them). Only the query's informative words are searched: ts_rank has
-   no inverse document frequency, and it must rank every passage that matches, so one common word ("file",
-   "value", "return") made it rank most of the table: 380-530 ms at 100,000 chunks (bench/knowledge.py).
-   Each word's share of chunks comes from Postgres's own statistics of the tsvector column (ANALYZE's most
-   common lexemes; an untracked word counts as the rarest tracked one): words in more than COMMON_SHARE of
-   the chunks are left out (they carry almost no information), and the rest are taken rarest first while
-   their shares add up to at most TEXT_MATCH_BUDGET, which bounds the rows ranked. Before the first
-   ANALYZE there are no statistics and every word is searched, which is fine on a small table.
+   favours passages holding more of them). On a large table only the query's rarer words are searched:
+   ts_rank must score every passage that matches, so one common word ("file", "value", "return") made it
+   rank most of the table: 380-530 ms at 100,000 chunks (bench/knowledge.py). Each word's share of chunks
+   comes from Postgres's own statistics of the tsvector column (ANALYZE's most common lexemes; an untracked
+   word counts as the rarest tracked one), times the table's row estimate: words are taken rarest first
+   while the rows they match add up to at most TEXT_MATCH_ROWS. On a small table that is every word; a
+   first cut by share alone (no word in over 10% of chunks, 3% in all) also dropped them there and cost
+   full text 0.10 of recall@5 (0.695 to 0.595) on the quality evaluation, for no speed. Before the first ANALYZE
+   there are no statistics and every word is searched, which is fine on a small table.
 3. Reciprocal rank fusion, k = RRF_K: score = sum over rankings of 1 / (k + rank), divided by its maximum
    (2 / (k + 1), first in both) so scores run 0..1 and a version's `knowledge_min_score` reads the same
    whatever k is. The top `knowledge_top_k` at or above the minimum are returned, each with its vector rank,
@@ -60,8 +61,7 @@ from apps.knowledge.models import SEARCH_CONFIG, Chunk, DocumentVersion
 RRF_K = 60
 CANDIDATES = 20
 HNSW_EF_SEARCH = 200
-COMMON_SHARE = 0.10  # a word in more chunks than this is not searched in full text
-TEXT_MATCH_BUDGET = 0.03  # the searched words' shares of chunks add up to at most this (the rarest always)
+TEXT_MATCH_ROWS = 2000  # the most rows the full-text words may match (ts_rank of each costs ~5 µs)
 AMBIGUOUS_MAX_WORDS = 4
 QUERY_MAX_CHARS = 2000
 _POINTING_BACK = re.compile(
@@ -173,19 +173,20 @@ def text_ranking(readable: QuerySet[Chunk], query: str) -> list[int]:
         return list(best)
 
 
-_WORD_SHARES = """
+_WORD_ROWS = """
 WITH stats AS (
     SELECT m.lexeme, m.share
     FROM pg_stats s, unnest(s.most_common_elems::text::text[], s.most_common_elem_freqs) AS m(lexeme, share)
     WHERE s.schemaname = current_schema() AND s.tablename = %(table)s AND s.attname = 'search'
         AND m.lexeme IS NOT NULL
 )
-SELECT w.word, COALESCE(MAX(stats.share), (SELECT MIN(share) FROM stats), 0) AS share
+SELECT w.word, COALESCE(MAX(stats.share), (SELECT MIN(share) FROM stats), 0)
+    * (SELECT GREATEST(reltuples, 0) FROM pg_class WHERE oid = %(table)s::regclass) AS matched
 FROM unnest(%(words)s::text[]) WITH ORDINALITY AS w(word, position)
 CROSS JOIN LATERAL unnest(tsvector_to_array(to_tsvector(%(config)s::regconfig, w.word))) AS l(lexeme)
 LEFT JOIN stats ON stats.lexeme = l.lexeme
 GROUP BY w.word, w.position
-ORDER BY share, w.position
+ORDER BY matched, w.position
 """
 
 
@@ -193,14 +194,14 @@ def informative_words(words: list[str]) -> list[str]:
     """The words worth a full-text search, rarest first (the module docstring, step 2). Stop words, which
     have no lexeme, are dropped here as the search would drop them."""
     with connection.cursor() as cursor:
-        cursor.execute(_WORD_SHARES, {"table": Chunk._meta.db_table, "words": words, "config": SEARCH_CONFIG})
-        shares = cursor.fetchall()
+        cursor.execute(_WORD_ROWS, {"table": Chunk._meta.db_table, "words": words, "config": SEARCH_CONFIG})
+        estimates = cursor.fetchall()
     chosen, total = [], 0.0
-    for word, share in shares:
-        if share > COMMON_SHARE or (chosen and total + share > TEXT_MATCH_BUDGET):
+    for word, matched in estimates:
+        if total + matched > TEXT_MATCH_ROWS:
             break
         chosen.append(word)
-        total += share
+        total += matched
     return chosen
 
 

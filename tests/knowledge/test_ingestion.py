@@ -235,3 +235,29 @@ def test_fused_scores_follow_reciprocal_rank_fusion(inference_server):
         collection_ids=[collection.pk], owner_id=collection.owner_id, query="lamp", top_k=10, min_score=0.99
     )
     assert all(r.score >= 0.99 for r in strict) and len(strict) <= len(results)
+
+
+def test_full_text_searches_the_rarer_words_when_common_ones_would_match_too_many_rows(monkeypatch):
+    """The word cut of retrieval.py's step 2, from Postgres's own statistics of the table."""
+    from django.db import connection
+
+    from apps.knowledge import retrieval
+
+    version = document_upload(collection=make_collection(make_user("ada")), filename="k.md", data=b"# Kettles\n\nx")
+    Chunk.objects.bulk_create(
+        Chunk(
+            version=version,
+            index=i,
+            text="The kettle boils water." + (" Descale it monthly." if i % 40 == 0 else ""),
+            start=0,
+            end=1,
+            embedding=[1.0] + [0.0] * 383,
+        )
+        for i in range(400)
+    )
+    words = ["the", "kettle", "descale"]
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE knowledge_chunk")
+    assert retrieval.informative_words(words) == ["descale", "kettle"]  # rarest first; "the" has no lexeme
+    monkeypatch.setattr(retrieval, "TEXT_MATCH_ROWS", 50)
+    assert retrieval.informative_words(words) == ["descale"]  # "kettle" would match all 400 rows
