@@ -224,18 +224,18 @@ def vector_ranking(readable: QuerySet[Chunk], embedding: list[float]) -> list[in
 def _planner(**values: str) -> Iterator[None]:
     """The queries inside run with these settings (SET LOCAL), in a transaction of their own. Inside a
     caller's transaction that is a savepoint, whose release keeps SET LOCAL values until the caller commits:
-    the previous values are put back on the way out, so nothing leaks into the caller's other queries."""
+    the previous values are put back on the way out, so the planner settings do not leak into the caller's
+    other queries (an error rolls the savepoint back, which undoes them anyway). A setting that had no value
+    yet (hnsw.ef_search before pgvector's first use in the session) keeps the new one: it only widens scans."""
     with transaction.atomic(), connection.cursor() as cursor:
         previous = {}
         for name, value in values.items():
             cursor.execute("SELECT current_setting(%s, true), set_config(%s, %s, true)", [name, name, value])
             previous[name] = cursor.fetchone()[0]
-        try:
-            yield
-        finally:
-            for name, value in previous.items():
-                if value is not None:
-                    cursor.execute("SELECT set_config(%s, %s, true)", [name, value])
+        yield
+        for name, value in previous.items():
+            if value is not None:
+                cursor.execute("SELECT set_config(%s, %s, true)", [name, value])
 
 
 def knowledge_retrieve(*, version, messages: list[dict]) -> list[RetrievedChunk]:

@@ -261,3 +261,23 @@ def test_full_text_searches_the_rarer_words_when_common_ones_would_match_too_man
     assert retrieval.informative_words(words) == ["descale", "kettle"]  # rarest first; "the" has no lexeme
     monkeypatch.setattr(retrieval, "TEXT_MATCH_ROWS", 50)
     assert retrieval.informative_words(words) == ["descale"]  # "kettle" would match all 400 rows
+
+
+def test_the_planner_settings_of_a_search_do_not_leak_into_the_callers_transaction():
+    from django.db import connection
+
+    from apps.knowledge.retrieval import chunks_rank, readable_chunks
+
+    collection = make_collection(make_user("ada"))
+    version = document_upload(collection=collection, filename="k.md", data=b"# Kettles\n\nx")
+    version.status = DocumentVersion.Status.READY
+    version.save()
+    Document.objects.filter(pk=version.document_id).update(current_version=version)
+    text = "The kettle boils water."
+    Chunk.objects.create(version=version, index=0, text=text, start=0, end=len(text), embedding=[1.0] * 384)
+    readable = readable_chunks(collection_ids=[collection.pk], owner_id=collection.owner_id)
+    found = chunks_rank(readable=readable, query="kettle", embedding=[1.0] * 384, top_k=3)
+    assert [(r.vector_rank, r.text_rank) for r in found] == [(1, 1)]
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT current_setting('enable_sort'), current_setting('enable_nestloop')")
+        assert cursor.fetchone() == ("on", "on")
