@@ -4,20 +4,19 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('knowledge', '0002_documents_chunks'),
+        ("knowledge", "0002_documents_chunks"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='documentversion',
-            name='dispatched_at',
-            field=models.DateTimeField(blank=True, help_text='When its ingestion task was last sent.', null=True),
+            model_name="documentversion",
+            name="dispatched_at",
+            field=models.DateTimeField(blank=True, help_text="When its ingestion task was last sent.", null=True),
         ),
         migrations.AddField(
-            model_name='documentversion',
-            name='dispatches',
-            field=models.PositiveIntegerField(default=0, help_text='Tasks sent for this queueing (lost ones resent).'),
+            model_name="documentversion",
+            name="dispatches",
+            field=models.PositiveIntegerField(default=0, help_text="Tasks sent for this queueing (lost ones resent)."),
         ),
     ]
