@@ -5,8 +5,9 @@ instructions go first, its sampling settings are the defaults, its adapter (or b
 model, and a conversation longer than the context window loses its oldest turns (the response's
 X-Atelier-Turns-Dropped header says how many). The caller never names an engine model and cannot strip
 the instructions (the engine's `truncate_prompt_tokens` is not passed on). An assistant with knowledge gets
-its passages in the prompt like chat; a non-streaming answer also says which passage each [n] names
-(`atelier_sources`), with markers naming none removed. A streamed answer's markers are relayed unchecked.
+its passages in the prompt like chat; the answer also says which passage each [n] names (`atelier_sources`:
+on the response, or on a stream's first chunk), and markers naming none are removed, from a streamed answer
+too (`CitationStream`: a marker split across chunks is checked whole).
 """
 
 import dataclasses
@@ -24,7 +25,7 @@ from apps.core.inference_client import (
     inference_chat_stream_async,
 )
 from apps.core.sse import sse_event
-from apps.knowledge.prompting import citations_finalize
+from apps.knowledge.prompting import CitationStream, citations_finalize
 from inference.sampler import SAMPLING_BOUNDS
 
 ROLES = {"system", "developer", "user", "assistant"}
@@ -170,24 +171,50 @@ async def chat_completion_create(*, payload: dict, slug: str, sources: list[dict
             message = choice.get("message") or {}
             if isinstance(message.get("content"), str):
                 message["content"] = citations_finalize(text=message["content"], sources=sources)
-        data["atelier_sources"] = [{"n": s["n"], "document": s["document"], "page": s.get("page")} for s in sources]
+        data["atelier_sources"] = _sources_named(sources)
     return data
 
 
-async def chat_completion_stream(*, payload: dict, slug: str) -> AsyncIterator[str]:
+def _sources_named(sources: list[dict]) -> list[dict]:
+    return [{"n": s["n"], "document": s["document"], "page": s.get("page")} for s in sources]
+
+
+async def chat_completion_stream(*, payload: dict, slug: str, sources: list[dict] | None = None) -> AsyncIterator[str]:
     """Start a streaming completion. Refusals (429, 400, engine down) raise here, before any byte is sent,
-    so they keep their HTTP status; what comes back relays the engine's chunks as they arrive. Closing it
+    so they keep their HTTP status; what comes back relays the engine's chunks as they arrive, with the
+    citation markers checked against the knowledge `sources` as in a non-streaming answer. Closing it
     closes the engine connection, which makes the engine cancel the generation."""
     try:
         chunks = await inference_chat_stream_async(body=payload)
     except InferenceError as error:
         raise api_error_from_engine(error) from error
-    return _relay(chunks, slug)
+    return _relay(chunks, slug, sources or [])
 
 
-async def _relay(chunks: AsyncIterator[dict], slug: str) -> AsyncIterator[str]:
+def stream_chunk_citations_check(*, chunk: dict, streams: dict[int, CitationStream], sources: list[dict]) -> dict:
+    """The chunk with each choice's text passed through that choice's CitationStream; a choice's held-back
+    tail goes out with its finishing chunk."""
+    for choice in chunk.get("choices", []):
+        stream = streams.setdefault(choice.get("index", 0), CitationStream(sources=sources))
+        delta = choice.get("delta") or {}
+        text = stream.feed(delta["content"]) if isinstance(delta.get("content"), str) else None
+        if choice.get("finish_reason"):
+            text = (text or "") + stream.flush()
+        if text is not None:
+            choice["delta"] = {**delta, "content": text}
+    return chunk
+
+
+async def _relay(chunks: AsyncIterator[dict], slug: str, sources: list[dict]) -> AsyncIterator[str]:
+    streams: dict[int, CitationStream] = {}
+    first = True
     try:
         async for chunk in chunks:
+            if sources:
+                chunk = stream_chunk_citations_check(chunk=chunk, streams=streams, sources=sources)
+                if first:
+                    chunk["atelier_sources"] = _sources_named(sources)
+            first = False
             yield sse_event(_relabel(chunk, slug))
     except InferenceError as error:  # the engine went away mid-answer: say so in OpenAI's stream shape
         yield sse_event(api_error_from_engine(error).body())

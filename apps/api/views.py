@@ -81,7 +81,9 @@ async def chat_completions(request):
         )
         payload = engine_request.body
         if payload["stream"]:
-            response = sse_response(await chat_completion_stream(payload=payload, slug=assistant.slug))
+            response = sse_response(
+                await chat_completion_stream(payload=payload, slug=assistant.slug, sources=engine_request.sources)
+            )
         else:
             response = JsonResponse(
                 await chat_completion_create(payload=payload, slug=assistant.slug, sources=engine_request.sources)

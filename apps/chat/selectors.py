@@ -110,6 +110,16 @@ def conversation_get_by_snapshot(*, token: str) -> Conversation | None:
     )
 
 
+def message_get_in_snapshot(*, token: str, message_id) -> Message | None:
+    """A message the holder of a snapshot link may read: one on the shared branch (the snapshot's leaf and
+    its ancestors), not a later turn or another branch of the same conversation."""
+    conversation = conversation_get_by_snapshot(token=token)
+    if conversation is None or conversation.snapshot_leaf is None:
+        return None
+    branch = message_ancestors(message=conversation.snapshot_leaf)
+    return next((message for message in branch if str(message.pk) == str(message_id)), None)
+
+
 def conversation_export_markdown(*, conversation: Conversation) -> str:
     """The branch on screen as Markdown, for download."""
     assistant = conversation.assistant.name

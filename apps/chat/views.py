@@ -301,7 +301,12 @@ def snapshot(request, token: str):
     if conversation is None or conversation.snapshot_leaf is None:
         raise Http404("This snapshot link is not valid.")
     thread = _rendered(conversation_thread(conversation=conversation, leaf=conversation.snapshot_leaf))
-    context = {"conversation": conversation, "assistant": conversation.assistant, "thread": thread}
+    context = {
+        "conversation": conversation,
+        "assistant": conversation.assistant,
+        "thread": thread,
+        "snapshot_token": conversation.snapshot_token,  # its cited sources open through the snapshot's link
+    }
     return render(request, "chat/snapshot.html", context)
 
 

@@ -8,11 +8,12 @@ re-ingest never shows a mix, and a failed one leaves the previous version served
 fails alone: its version stores the failure code and the message, nothing else in the collection changes.
 
 A worker killed mid-ingestion leaves the version `processing` with a stale heartbeat; beat's
-`versions_fail_stale` marks it failed and retryable. A redelivered task (acks_late) takes over a processing
-version only once its heartbeat is stale, so a duplicate delivery never runs beside a live one, and it starts
-again from the bytes. A slow worker that beat wrongly took for dead finds out at its next batch: each batch is
-written under the version's row lock after checking that its attempt still owns the version, so it stops
-instead of writing into a retry's chunks.
+`versions_fail_stale` marks it failed and retryable. A task message lost before any worker took it leaves the
+version `queued`: the same check sends it again (queueing.py), and fails it as retryable if that keeps
+failing. A redelivered task (acks_late) takes over a processing version only once its heartbeat is stale, so a
+duplicate delivery never runs beside a live one, and it starts again from the bytes. A slow worker that beat
+wrongly took for dead finds out at its next batch: each batch is written under the version's row lock after
+checking that its attempt still owns the version, so it stops instead of writing into a retry's chunks.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ log = logging.getLogger(__name__)
 
 EMBED_BATCH = 64  # chunks per engine call: a cancel check and a heartbeat every second or so on a CPU
 WORKER_LOST_ERROR = "The worker stopped while ingesting this document. Retry to ingest it again."
+NEVER_STARTED_ERROR = "No worker started ingesting this document; its job was lost. Retry to queue it again."
 ALL_HIDDEN_ERROR = "Every passage in this document was hidden text; nothing visible is left to index."
 Status = DocumentVersion.Status
 
@@ -202,9 +204,15 @@ def _fail(version: DocumentVersion, *, failure: str, error: str) -> None:
 
 
 def versions_fail_stale() -> int:
-    """Mark versions whose worker went silent (no heartbeat for KNOWLEDGE_INGEST_STALE_SECONDS) as failed and
-    retryable; run by beat. Their partial chunks are removed; the current version stays served."""
-    cutoff = timezone.now() - timedelta(seconds=settings.KNOWLEDGE_INGEST_STALE_SECONDS)
+    """Beat's check for ingestions nobody is doing; returns how many versions it failed (retryable):
+    - processing, with no heartbeat for KNOWLEDGE_INGEST_STALE_SECONDS: the worker died. Its partial chunks
+      are removed; the current version stays served.
+    - queued, sent to the broker KNOWLEDGE_INGEST_QUEUED_STALE_SECONDS ago and never taken: the message was
+      lost. It goes back to waiting, so the dispatcher that runs after this sends it again, first in its
+      owner's line; after KNOWLEDGE_INGEST_DISPATCH_MAX sends it fails instead, saying why."""
+    now = timezone.now()
+    cutoff = now - timedelta(seconds=settings.KNOWLEDGE_INGEST_STALE_SECONDS)
+    lost_cutoff = now - timedelta(seconds=settings.KNOWLEDGE_INGEST_QUEUED_STALE_SECONDS)
     with transaction.atomic():
         stale = list(
             DocumentVersion.objects.select_for_update(skip_locked=True).filter(
@@ -216,4 +224,12 @@ def versions_fail_stale() -> int:
             version.status, version.failure, version.error = Status.FAILED, "worker lost", WORKER_LOST_ERROR
             version.chunks_embedded = 0
         DocumentVersion.objects.bulk_update(stale, ["status", "failure", "error", "chunks_embedded", "updated_at"])
-    return len(stale)
+        lost = DocumentVersion.objects.select_for_update(skip_locked=True).filter(
+            status=Status.QUEUED, dispatched_at__lt=lost_cutoff
+        )
+        never_started = list(lost.filter(dispatches__gte=settings.KNOWLEDGE_INGEST_DISPATCH_MAX))
+        for version in never_started:
+            version.status, version.failure, version.error = Status.FAILED, "never started", NEVER_STARTED_ERROR
+        DocumentVersion.objects.bulk_update(never_started, ["status", "failure", "error", "updated_at"])
+        lost.exclude(pk__in=[v.pk for v in never_started]).update(dispatched_at=None, updated_at=now)
+    return len(stale) + len(never_started)

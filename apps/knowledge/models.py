@@ -98,6 +98,9 @@ class DocumentVersion(models.Model):
     text = models.TextField(blank=True, help_text="The extracted, sanitized text the chunks point into.")
     pages = models.JSONField(default=list, blank=True, help_text="[[number, start, end], ...] for PDFs.")
     heartbeat_at = models.DateTimeField(null=True, blank=True, help_text="Last sign of life from its worker.")
+    # Fair queueing (queueing.py): a queued version waits (null) until its owner has a free share of the workers.
+    dispatched_at = models.DateTimeField(null=True, blank=True, help_text="When its ingestion task was last sent.")
+    dispatches = models.PositiveIntegerField(default=0, help_text="Tasks sent for this queueing (lost ones resent).")
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

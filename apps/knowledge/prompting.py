@@ -15,7 +15,11 @@ four ways (spotlighting, Hines et al. 2024):
 4. The instruction says the block is reference data, never instructions, and how to cite: `[1]`, `[2]`.
 
 Citations: the answer's markers are checked against the passages actually sent when it is finalized; a
-marker naming a passage that was not retrieved is removed (`citations_finalize`).
+marker naming a passage that was not retrieved is removed (`citations_finalize`). An answer relayed as it
+streams (the API) goes through `CitationStream`, which applies the same check piece by piece: it holds back
+only a tail that could still become a marker (`[`, `[1`, `[12`, at most 4 characters), so a marker split
+across pieces is checked whole, and the text it lets through is exactly what `citations_finalize` makes of
+the whole answer.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from apps.knowledge.retrieval import RetrievedChunk
 DATAMARK = "^"
 SPECIAL_TOKENS = re.compile(r"<\|[A-Za-z0-9_:. -]{1,40}\|>|</?s>|\[/?INST\]|<<\s*/?SYS\s*>>", re.IGNORECASE)
 CITATION = re.compile(r"\[(\d{1,3})\]")
+_CITATION_START = re.compile(r"\[\d{0,3}\Z")  # a tail that the next piece could complete into a marker
 _WHITESPACE = re.compile(r"\s+")
 FILENAME_MAX_CHARS = 80
 # token_estimate counts all-MiniLM WordPiece tokens. On datamarked prose it says 791 where SmolLM2's tokenizer
@@ -113,3 +118,23 @@ def citations_used(*, text: str, sources: list[dict]) -> list[dict]:
     """The sources `text` cites, in the order of their numbers."""
     numbers = {int(n) for n in CITATION.findall(text)}
     return [source for source in sources if source["n"] in numbers]
+
+
+class CitationStream:
+    """`citations_finalize` for an answer that arrives in pieces: `feed` each piece and send what it returns,
+    then send `flush()` at the end. Together they return `citations_finalize` of the whole text."""
+
+    def __init__(self, *, sources: list[dict]) -> None:
+        self.sources = sources
+        self._held = ""
+
+    def feed(self, text: str) -> str:
+        text = self._held + text
+        tail = _CITATION_START.search(text)
+        cut = tail.start() if tail else len(text)
+        self._held = text[cut:]
+        return citations_finalize(text=text[:cut], sources=self.sources)
+
+    def flush(self) -> str:
+        text, self._held = self._held, ""
+        return citations_finalize(text=text, sources=self.sources)

@@ -8,7 +8,15 @@
 2. Two rankings, each CANDIDATES deep: the embedding's cosine distance (pgvector, HNSW index) and
    Postgres full text (the generated English tsvector, GIN index), queried with `websearch_to_tsquery` over
    the query's words joined by `or` (a question's words are rarely all in one passage; ts_rank still
-   favours passages holding more of them).
+   favours passages holding more of them). On a large table only the query's rarer words are searched:
+   ts_rank must score every passage that matches, so one common word ("file", "value", "return") made it
+   rank most of the table: 380-530 ms at 100,000 chunks (bench/knowledge.py). Each word's share of chunks
+   comes from Postgres's own statistics of the tsvector column (ANALYZE's most common lexemes; an untracked
+   word counts as the rarest tracked one), times the table's row estimate: words are taken rarest first
+   while the rows they match add up to at most TEXT_MATCH_ROWS. On a small table that is every word; a
+   first cut by share alone (no word in over 10% of chunks, 3% in all) also dropped them there and cost
+   full text 0.10 of recall@5 (0.695 to 0.595) on the quality evaluation, for no speed. Before the first ANALYZE
+   there are no statistics and every word is searched, which is fine on a small table.
 3. Reciprocal rank fusion, k = RRF_K: score = sum over rankings of 1 / (k + rank), divided by its maximum
    (2 / (k + 1), first in both) so scores run 0..1 and a version's `knowledge_min_score` reads the same
    whatever k is. The top `knowledge_top_k` at or above the minimum are returned, each with its vector rank,
@@ -24,11 +32,22 @@ chunks can come back short or empty (the scan's ef_search nearest are mostly not
 ranking therefore asks with a wider ef_search (HNSW_EF_SEARCH), and when it still returns fewer rows than
 the readable set holds (up to CANDIDATES), asks again with index scans off: an exact scan of the readable
 chunks only, which the version and collection filters keep small. Correct first, fast when the index suffices.
+
+And the planner must be made to use the index at all. The permission joins (chunk -> current version ->
+document -> collection) make it misjudge the readable set by about 100x (434 rows estimated for 100,000 in
+bench/knowledge.py), so it preferred to compute every readable chunk's distance and sort them: 1.0-1.3 s at
+100,000 chunks instead of ~25 ms. The index attempt runs with `enable_sort` off and orders by distance alone
+(ties are broken by id afterwards, in Python), which leaves the HNSW scan as the only plan without a sort.
+The same misjudgement made the full-text ranking repeat its GIN scan once per readable document (1,000 times:
+290-380 ms for a word in 1% of the chunks); with nested loops off it scans the index once and hash-joins the
+matches to the readable versions (12 ms).
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from django.contrib.postgres.search import SearchQuery, SearchRank
@@ -42,6 +61,7 @@ from apps.knowledge.models import SEARCH_CONFIG, Chunk, DocumentVersion
 RRF_K = 60
 CANDIDATES = 20
 HNSW_EF_SEARCH = 200
+TEXT_MATCH_ROWS = 2000  # the most rows the full-text words may match (ts_rank of each costs ~5 µs)
 AMBIGUOUS_MAX_WORDS = 4
 QUERY_MAX_CHARS = 2000
 _POINTING_BACK = re.compile(
@@ -98,17 +118,17 @@ def chunks_search(
     readable = readable_chunks(collection_ids=collection_ids, owner_id=owner_id)
     if not readable.exists():
         return []
-    by_vector = _vector_ranking(readable, inference_embed(texts=[query])[0])
-    by_text: list[int] = []
-    words = _WORD.findall(query)
-    if words:
-        search = SearchQuery(" or ".join(words[:64]), search_type="websearch", config=SEARCH_CONFIG)
-        by_text = list(
-            readable.filter(search=search)
-            .annotate(rank=SearchRank(F("search"), search))
-            .order_by("-rank", "pk")
-            .values_list("pk", flat=True)[:CANDIDATES]
-        )
+    return chunks_rank(
+        readable=readable, query=query, embedding=inference_embed(texts=[query])[0], top_k=top_k, min_score=min_score
+    )
+
+
+def chunks_rank(
+    *, readable: QuerySet[Chunk], query: str, embedding: list[float], top_k: int, min_score: float = 0.0
+) -> list[RetrievedChunk]:
+    """The hybrid ranking of `readable` for `query` and its embedding: the SQL every search runs once the
+    query is embedded (bench/knowledge.py times it alone)."""
+    by_vector, by_text = vector_ranking(readable, embedding), text_ranking(readable, query)
     vector_ranks = {pk: rank for rank, pk in enumerate(by_vector, 1)}
     text_ranks = {pk: rank for rank, pk in enumerate(by_text, 1)}
     best = 2 / (RRF_K + 1)
@@ -137,22 +157,85 @@ def chunks_search(
     ]
 
 
-def _vector_ranking(readable: QuerySet[Chunk], embedding: list[float]) -> list[int]:
+def text_ranking(readable: QuerySet[Chunk], query: str) -> list[int]:
+    """The readable chunks best matching the query's informative words in full text, CANDIDATES at most."""
+    words = informative_words(_WORD.findall(query)[:64])
+    if not words:
+        return []
+    search = SearchQuery(" or ".join(words), search_type="websearch", config=SEARCH_CONFIG)
+    best = (
+        readable.filter(search=search)
+        .annotate(rank=SearchRank(F("search"), search))
+        .order_by("-rank", "pk")
+        .values_list("pk", flat=True)[:CANDIDATES]
+    )
+    with _planner(enable_nestloop="off"):  # one GIN scan, joined to the readable versions
+        return list(best)
+
+
+_WORD_ROWS = """
+WITH stats AS (
+    SELECT m.lexeme, m.share
+    FROM pg_stats s, unnest(s.most_common_elems::text::text[], s.most_common_elem_freqs) AS m(lexeme, share)
+    WHERE s.schemaname = current_schema() AND s.tablename = %(table)s AND s.attname = 'search'
+        AND m.lexeme IS NOT NULL
+)
+SELECT w.word, COALESCE(MAX(stats.share), (SELECT MIN(share) FROM stats), 0)
+    * (SELECT GREATEST(reltuples, 0) FROM pg_class WHERE oid = %(table)s::regclass) AS matched
+FROM unnest(%(words)s::text[]) WITH ORDINALITY AS w(word, position)
+CROSS JOIN LATERAL unnest(tsvector_to_array(to_tsvector(%(config)s::regconfig, w.word))) AS l(lexeme)
+LEFT JOIN stats ON stats.lexeme = l.lexeme
+GROUP BY w.word, w.position
+ORDER BY matched, w.position
+"""
+
+
+def informative_words(words: list[str]) -> list[str]:
+    """The words worth a full-text search, rarest first (the module docstring, step 2). Stop words, which
+    have no lexeme, are dropped here as the search would drop them."""
+    with connection.cursor() as cursor:
+        cursor.execute(_WORD_ROWS, {"table": Chunk._meta.db_table, "words": words, "config": SEARCH_CONFIG})
+        estimates = cursor.fetchall()
+    chosen, total = [], 0.0
+    for word, matched in estimates:
+        if total + matched > TEXT_MATCH_ROWS:
+            break
+        chosen.append(word)
+        total += matched
+    return chosen
+
+
+def vector_ranking(readable: QuerySet[Chunk], embedding: list[float]) -> list[int]:
     """The readable chunks nearest `embedding`, CANDIDATES at most (the module docstring on the index)."""
     nearest = (
         readable.annotate(distance=CosineDistance("embedding", embedding))
-        .order_by("distance", "pk")
-        .values_list("pk", flat=True)[:CANDIDATES]
+        .order_by("distance")  # the index's own order: a second sort key would make Postgres sort every row
+        .values_list("pk", "distance")[:CANDIDATES]
     )
+    with _planner(**{"hnsw.ef_search": str(HNSW_EF_SEARCH), "enable_sort": "off"}):  # the index scan
+        rows = list(nearest)
+    if len(rows) < CANDIDATES and len(rows) < readable[:CANDIDATES].count():
+        with _planner(enable_indexscan="off", enable_seqscan="on", enable_sort="on"):  # an exact scan
+            rows = list(nearest.all())  # a fresh query: `nearest` keeps the rows it already returned
+    return [pk for pk, _ in sorted(rows, key=lambda row: (row[1], row[0]))]
+
+
+@contextmanager
+def _planner(**values: str) -> Iterator[None]:
+    """The queries inside run with these settings (SET LOCAL), in a transaction of their own. Inside a
+    caller's transaction that is a savepoint, whose release keeps SET LOCAL values until the caller commits:
+    the previous values are put back on the way out, so the planner settings do not leak into the caller's
+    other queries (an error rolls the savepoint back, which undoes them anyway). A setting that had no value
+    yet (hnsw.ef_search before pgvector's first use in the session) keeps the new one: it only widens scans."""
     with transaction.atomic(), connection.cursor() as cursor:
-        cursor.execute(f"SET LOCAL hnsw.ef_search = {HNSW_EF_SEARCH}")
-        ids = list(nearest)
-    if len(ids) < CANDIDATES and len(ids) < readable[:CANDIDATES].count():
-        with transaction.atomic(), connection.cursor() as cursor:
-            cursor.execute("SET LOCAL enable_indexscan = off")
-            cursor.execute("SET LOCAL enable_seqscan = on")
-            ids = list(nearest)
-    return ids
+        previous = {}
+        for name, value in values.items():
+            cursor.execute("SELECT current_setting(%s, true), set_config(%s, %s, true)", [name, name, value])
+            previous[name] = cursor.fetchone()[0]
+        yield
+        for name, value in previous.items():
+            if value is not None:
+                cursor.execute("SELECT set_config(%s, %s, true)", [name, value])
 
 
 def knowledge_retrieve(*, version, messages: list[dict]) -> list[RetrievedChunk]:

@@ -2,10 +2,11 @@
 
 Upload checks what it can without parsing (size, type by content, duplicate bytes) and refuses at once with a
 message; the rest is `apps/knowledge/ingestion.py`, run by one Celery task per document version on the
-`ingest` queue (acks_late, prefetch 1: a bulk upload is many small tasks that interleave with other people's,
-instead of one long job that holds a worker). Each task is sent once the transaction that made its version
-commits. Cancel sets a flag that ingestion checks between batches; retry and re-ingest queue a version again
-(re-ingest as a new version, parsed again from the stored bytes, while the current one stays served).
+`ingest` queue (acks_late, prefetch 1: a bulk upload is many small tasks, not one long job that holds a
+worker). Tasks are sent fairly, a few per person at a time (queueing.py), once the transaction that queued
+their versions commits. Cancel sets a flag that ingestion checks between batches; retry and re-ingest queue a
+version again (re-ingest as a new version, parsed again from the stored bytes, while the current one stays
+served).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from django.db import IntegrityError, transaction
 from apps.core.unicode import unicode_clean
 from apps.knowledge.extraction import ExtractionError, document_format_detect, upload_size_check
 from apps.knowledge.models import Collection, Document, DocumentVersion
-from apps.knowledge.tasks import document_ingest_task
+from apps.knowledge.queueing import versions_dispatch
 
 Status = DocumentVersion.Status
 
@@ -128,6 +129,7 @@ def document_cancel(*, version: DocumentVersion) -> DocumentVersion:
         version = DocumentVersion.objects.select_for_update().get(pk=version.pk)
         if version.status == Status.QUEUED:
             version.status = Status.CANCELLED
+            transaction.on_commit(versions_dispatch)  # its share of the workers goes to the next one
         elif version.status == Status.PROCESSING:
             version.cancel_requested = True
         else:
@@ -143,7 +145,9 @@ def document_retry(*, version: DocumentVersion) -> DocumentVersion:
         if not version.retryable:
             raise KnowledgeError("Only a failed or cancelled ingestion can be retried.")
         version.status, version.cancel_requested, version.failure, version.error = Status.QUEUED, False, "", ""
-        version.save(update_fields=["status", "cancel_requested", "failure", "error", "updated_at"])
+        version.dispatched_at, version.dispatches = None, 0
+        fields = ["status", "cancel_requested", "failure", "error", "dispatched_at", "dispatches", "updated_at"]
+        version.save(update_fields=fields)
         _enqueue(version)
     return version
 
@@ -162,8 +166,8 @@ def _next_number(document: Document) -> int:
 
 
 def _enqueue(version: DocumentVersion) -> None:
-    version_id = version.pk
-    transaction.on_commit(lambda: document_ingest_task.delay(version_id))
+    """`version` is queued and waiting: the dispatcher sends it when its owner's share allows."""
+    transaction.on_commit(versions_dispatch)
 
 
 def _originals_delete(names) -> None:

@@ -16,4 +16,5 @@ urlpatterns = [
     path("versions/<int:pk>/source/", views.version_source, name="source"),
     path("versions/<int:pk>/original/", views.version_original, name="original"),
     path("cited/<uuid:message_id>/<int:n>/", views.cited_passage, name="cited"),
+    path("snapshot/<str:token>/cited/<uuid:message_id>/<int:n>/", views.snapshot_cited_passage, name="snapshot_cited"),
 ]

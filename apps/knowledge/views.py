@@ -1,5 +1,7 @@
 """Knowledge pages: collections, a collection's documents (upload, live progress, cancel, retry, re-ingest,
-delete), the retrieval tester, the source viewer, the original's download, and cited passages in chat.
+delete), the retrieval tester, the source viewer, the original's download, and cited passages in chat and on
+shared snapshots (through the snapshot's own link: its holder reads the sources of the shared branch's
+answers, under the same rule as a visitor, and nothing else).
 
 Thin: selectors decide access (the collection's owner; everyone else gets 404) and services do the writes.
 Untrusted text (document text, passages) reaches HTML only through `untrusted_markdown_render`; the original
@@ -18,7 +20,7 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from apps.accounts.permissions import role_check
-from apps.chat.selectors import message_get_for_viewer
+from apps.chat.selectors import message_get_for_viewer, message_get_in_snapshot
 from apps.core.inference_client import InferenceError
 from apps.core.rendering import untrusted_markdown_render
 from apps.knowledge import services
@@ -239,11 +241,22 @@ def version_original(request, pk: int):
 
 @require_GET
 def cited_passage(request, message_id, n: int):
-    """A cited source of a chat answer, for whoever may read the conversation: the passage itself, or the
-    whole document with the passage highlighted when the viewer owns it or the version shares documents."""
+    """A cited source of a chat answer, for whoever may read the conversation."""
     message = message_get_for_viewer(
         message_id=message_id, user=request.user, session_key=request.session.session_key or ""
     )
+    return _cited(request, message, n)
+
+
+@require_GET
+def snapshot_cited_passage(request, token: str, message_id, n: int):
+    """A cited source of an answer on a shared snapshot, for whoever holds the snapshot link."""
+    return _cited(request, message_get_in_snapshot(token=token, message_id=message_id), n)
+
+
+def _cited(request, message, n: int):
+    """Source `n` of `message` (None: not readable, 404): the passage itself, or the whole document with the
+    passage highlighted when the viewer owns the collection or the answering version shares documents."""
     source = next((s for s in (message.sources if message else []) if s.get("n") == n), None)
     version = DocumentVersion.objects.select_related("document__collection").filter(pk=(source or {}).get("version_id"))
     version = version.first()

@@ -146,6 +146,12 @@ ARENA_OUTLIER_ALPHA = env.float("ARENA_OUTLIER_ALPHA", default=0.001)
 KNOWLEDGE_MAX_UPLOAD_MB = env.int("KNOWLEDGE_MAX_UPLOAD_MB", default=50)
 # An ingestion whose worker saved no progress for this long lost its worker; it is marked failed, retryable.
 KNOWLEDGE_INGEST_STALE_SECONDS = env.int("KNOWLEDGE_INGEST_STALE_SECONDS", default=300)
+# Fair queueing: at most this many of one person's documents are sent to the `ingest` queue at a time.
+KNOWLEDGE_INGEST_PER_USER = env.int("KNOWLEDGE_INGEST_PER_USER", default=2)
+# A sent ingestion task that no worker took for this long was lost: it is sent again, up to DISPATCH_MAX
+# times in all, then the version fails as retryable.
+KNOWLEDGE_INGEST_QUEUED_STALE_SECONDS = env.int("KNOWLEDGE_INGEST_QUEUED_STALE_SECONDS", default=1800)
+KNOWLEDGE_INGEST_DISPATCH_MAX = env.int("KNOWLEDGE_INGEST_DISPATCH_MAX", default=3)
 
 # --- Fine-tuning datasets ------------------------------------------------------------------------
 FINETUNE_MAX_UPLOAD_MB = env.int("FINETUNE_MAX_UPLOAD_MB", default=50)

@@ -132,3 +132,76 @@ def test_the_api_names_the_passages_and_checks_the_citations(models_ready, infer
     data = json.loads(response.content)
     assert response.status_code == 200 and data["atelier_sources"] == [{"n": 1, "document": "kettle.md", "page": None}]
     assert {int(n) for n in CITATION.findall(data["choices"][0]["message"]["content"])} <= {1}
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+def test_a_streamed_api_answer_names_the_passages_and_checks_the_citations(models_ready, web_server):
+    import openai
+
+    from apps.accounts.services import api_key_create
+
+    owner = make_user("ada")
+    collection = make_collection(owner)
+    ingested(collection, "kettle.md", KETTLE)
+    assistant = make_assistant(owner, knowledge_collections=(collection,), knowledge_top_k=1, max_tokens=48)
+    _, key = api_key_create(user=owner, name="laptop")
+    client = openai.OpenAI(base_url=f"{web_server}/api/v1", api_key=key, max_retries=0, timeout=120)
+    stream = client.chat.completions.create(
+        model=assistant.slug, messages=[{"role": "user", "content": QUESTION}], stream=True
+    )
+    chunks = list(stream)
+    assert chunks[0].model_extra["atelier_sources"] == [{"n": 1, "document": "kettle.md", "page": None}]
+    assert all("atelier_sources" not in chunk.model_extra for chunk in chunks[1:])
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text and {int(n) for n in CITATION.findall(text)} <= {1}
+
+
+@pytest.mark.parametrize("share_documents", [False, True])
+def test_a_shared_snapshot_opens_its_cited_passages_and_no_others(models_ready, inference_server, share_documents):
+    from django.test import Client
+
+    owner = make_user("ada")
+    collection = make_collection(owner)
+    version = ingested(collection, "kettle.md", KETTLE)
+    assistant = make_assistant(
+        owner, knowledge_collections=(collection,), knowledge_top_k=1, knowledge_share_documents=share_documents
+    )
+
+    def answered(conversation, question: str = QUESTION) -> Message:
+        _, reply = services.message_send(conversation=conversation, content=question)
+        reply_generate(message_id=str(reply.pk))
+        reply.refresh_from_db()
+        assert [s["n"] for s in reply.sources] == [1]
+        return reply
+
+    conversation = services.conversation_start(assistant=assistant, owner=owner)
+    shared = answered(conversation)
+    token = services.conversation_snapshot_share(conversation=conversation)
+    later = answered(conversation, "How often should I descale the kettle?")  # after the snapshot: not shared
+    other = answered(services.conversation_start(assistant=assistant, owner=owner))  # another conversation
+
+    viewer = Client()  # anyone holding the link, signed in or not
+    snapshot = html.fromstring(viewer.get(reverse("chat:snapshot", args=[token])).content)
+    links = snapshot.cssselect(f"#m-{shared.pk} .msg-sources a")
+    assert [a.get("href") for a in links] == [reverse("knowledge:snapshot_cited", args=[token, shared.pk, 1])]
+    page = viewer.get(links[0].get("href"))
+    assert page.status_code == 200
+    tree = html.fromstring(page.content)
+    chunk = version.chunks.get(pk=shared.sources[0]["chunk_id"])
+    shown, marked = tree.cssselect(".knowledge-source")[0].text_content(), tree.cssselect("#cited")
+    if share_documents:  # the owner lets visitors read the whole document, the passage marked in it
+        assert shown.split() == version.text.split() and marked[0].text_content().split() == chunk.text.split()
+    else:
+        assert shown.split() == chunk.text.split() and marked == []
+
+    not_shared = [
+        reverse("knowledge:snapshot_cited", args=[token, later.pk, 1]),  # a turn after the snapshot
+        reverse("knowledge:snapshot_cited", args=[token, other.pk, 1]),  # another conversation's answer
+        reverse("knowledge:snapshot_cited", args=[token, shared.pk, 2]),  # a source the answer does not have
+        reverse("knowledge:snapshot_cited", args=["not-the-token", shared.pk, 1]),
+        reverse("knowledge:cited", args=[shared.pk, 1]),  # the conversation's own route stays its owner's
+    ]
+    assert [viewer.get(url).status_code for url in not_shared] == [404] * len(not_shared)
+    services.conversation_snapshot_revoke(conversation=conversation)
+    assert viewer.get(links[0].get("href")).status_code == 404

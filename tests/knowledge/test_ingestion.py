@@ -235,3 +235,49 @@ def test_fused_scores_follow_reciprocal_rank_fusion(inference_server):
         collection_ids=[collection.pk], owner_id=collection.owner_id, query="lamp", top_k=10, min_score=0.99
     )
     assert all(r.score >= 0.99 for r in strict) and len(strict) <= len(results)
+
+
+def test_full_text_searches_the_rarer_words_when_common_ones_would_match_too_many_rows(monkeypatch):
+    """The word cut of retrieval.py's step 2, from Postgres's own statistics of the table."""
+    from django.db import connection
+
+    from apps.knowledge import retrieval
+
+    version = document_upload(collection=make_collection(make_user("ada")), filename="k.md", data=b"# Kettles\n\nx")
+    Chunk.objects.bulk_create(
+        Chunk(
+            version=version,
+            index=i,
+            text="The kettle boils water." + (" Descale it monthly." if i % 40 == 0 else ""),
+            start=0,
+            end=1,
+            embedding=[1.0] + [0.0] * 383,
+        )
+        for i in range(400)
+    )
+    words = ["the", "kettle", "descale"]
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE knowledge_chunk")
+    assert retrieval.informative_words(words) == ["descale", "kettle"]  # rarest first; "the" has no lexeme
+    monkeypatch.setattr(retrieval, "TEXT_MATCH_ROWS", 50)
+    assert retrieval.informative_words(words) == ["descale"]  # "kettle" would match all 400 rows
+
+
+def test_the_planner_settings_of_a_search_do_not_leak_into_the_callers_transaction():
+    from django.db import connection
+
+    from apps.knowledge.retrieval import chunks_rank, readable_chunks
+
+    collection = make_collection(make_user("ada"))
+    version = document_upload(collection=collection, filename="k.md", data=b"# Kettles\n\nx")
+    version.status = DocumentVersion.Status.READY
+    version.save()
+    Document.objects.filter(pk=version.document_id).update(current_version=version)
+    text = "The kettle boils water."
+    Chunk.objects.create(version=version, index=0, text=text, start=0, end=len(text), embedding=[1.0] * 384)
+    readable = readable_chunks(collection_ids=[collection.pk], owner_id=collection.owner_id)
+    found = chunks_rank(readable=readable, query="kettle", embedding=[1.0] * 384, top_k=3)
+    assert [(r.vector_rank, r.text_rank) for r in found] == [(1, 1)]
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT current_setting('enable_sort'), current_setting('enable_nestloop')")
+        assert cursor.fetchone() == ("on", "on")

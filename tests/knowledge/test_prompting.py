@@ -1,15 +1,18 @@
 """The knowledge block: delimited by a fresh nonce, datamarked, special tokens stripped, dropped passages
 that name the fence; citations checked against what was retrieved; and the block in the engine request."""
 
+import itertools
 import re
 
 import pytest
 
+from apps.api.services import stream_chunk_citations_check
 from apps.assistants.engine import engine_request_build
 from apps.assistants.services import AssistantConfig, assistant_update
 from apps.knowledge.chunking import token_estimate
 from apps.knowledge.prompting import (
     DATAMARK,
+    CitationStream,
     citations_finalize,
     citations_used,
     datamark,
@@ -90,6 +93,44 @@ def test_citations_naming_no_retrieved_passage_are_removed():
     text = "Boil it [1]. Descale monthly [2][3]. See also [9]."
     assert citations_finalize(text=text, sources=sources) == "Boil it [1]. Descale monthly [2]. See also ."
     assert [s["chunk_id"] for s in citations_used(text=text, sources=sources)] == [11, 12]
+
+
+STREAMED = ["Boil it [1]. Descale [2][3], see [12] and [1234]; a list [a] and [[2]]. End [9]", "Tail [", "Tail [1"]
+
+
+@pytest.mark.parametrize("text", STREAMED)
+def test_a_streamed_answer_is_checked_as_the_whole_answer_wherever_its_pieces_break(text):
+    sources = [{"n": 1}, {"n": 2}]
+    whole = citations_finalize(text=text, sources=sources)
+    for cuts in [(i,) for i in range(len(text) + 1)] + [(i, j) for i in range(len(text)) for j in range(i, len(text))]:
+        stream = CitationStream(sources=sources)
+        bounds = [0, *cuts, len(text)]
+        pieces = [stream.feed(text[a:b]) for a, b in itertools.pairwise(bounds)]
+        assert "".join(pieces) + stream.flush() == whole, cuts
+
+
+def test_a_relayed_stream_checks_each_choice_and_sends_the_held_tail_with_its_finish():
+    """The engine's chunks in OpenAI's stream shape (as tests/inference/test_server.py receives them), two
+    choices interleaved: a marker split across chunks is checked whole, per choice."""
+    sources = [{"n": 1}]
+    streams: dict = {}
+    chunks = [
+        {"choices": [{"index": 0, "delta": {"role": "assistant", "content": "Boil [1"}, "finish_reason": None}]},
+        {"choices": [{"index": 1, "delta": {"content": "See [7"}, "finish_reason": None}]},
+        {"choices": [{"index": 0, "delta": {"content": "] and [4"}, "finish_reason": None}]},
+        {"choices": [{"index": 1, "delta": {"content": "] or [1"}, "finish_reason": None}]},
+        {"choices": [{"index": 0, "delta": {"content": "]."}, "finish_reason": None}]},
+        {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]},
+        {"choices": [{"index": 1, "delta": {}, "finish_reason": "length"}]},
+        {"choices": [], "usage": {"completion_tokens": 9}},
+    ]
+    relayed = [stream_chunk_citations_check(chunk=chunk, streams=streams, sources=sources) for chunk in chunks]
+    text = {0: "", 1: ""}
+    for chunk in relayed:
+        for choice in chunk["choices"]:
+            text[choice["index"]] += choice["delta"].get("content", "")
+    assert text == {0: "Boil [1] and .", 1: "See  or [1"}
+    assert relayed[0]["choices"][0]["delta"]["role"] == "assistant" and relayed[-1]["usage"] == {"completion_tokens": 9}
 
 
 SELL = "Which kettles do you sell?"
