@@ -50,6 +50,9 @@ def test_improve_train_draft_and_publish_in_the_browser(
     )
     named = battle_start(user=owner, mode=Mode.PERSONAL, prompt="Hi?", version_a=v2, version_b=v1)
     _answers_done(named)
+    # Known, different answers (two samples of one tiny configuration may coincide, or name the assistant).
+    BattleAnswer.objects.filter(turn__battle=named, side="a").update(content="Hello.")
+    BattleAnswer.objects.filter(turn__battle=named, side="b").update(content="Hello there, how are you today?")
     battle_vote(battle=named, user=owner, outcome="a")
 
     context = browser.new_context(viewport={"width": 1280, "height": 900})
