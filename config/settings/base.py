@@ -111,12 +111,14 @@ CELERY_TASK_ROUTES = {
     "chat.reply_generate": {"queue": "chat"},
     "chat.conversation_title": {"queue": "chat"},
     "knowledge.document_ingest": {"queue": "ingest"},  # one task per document version (apps/knowledge/services.py)
+    "finetune.job_run": {"queue": "finetune"},  # one task per job, on a worker of concurrency 1 (apps/finetune/jobs.py)
 }
 # Periodic tasks, sent by one `celery beat` process (make run starts it; compose has a `beat` service).
 CELERY_BEAT_SCHEDULE = {
     "chat-replies-fail-abandoned": {"task": "chat.replies_fail_abandoned", "schedule": 30.0},
     "arena-answers-fail-abandoned": {"task": "arena.battle_answers_fail_abandoned", "schedule": 30.0},
     "knowledge-versions-fail-stale": {"task": "knowledge.versions_fail_stale", "schedule": 60.0},
+    "finetune-jobs-fail-stale": {"task": "finetune.jobs_fail_stale", "schedule": 60.0},
 }
 
 # --- Inference engine (a separate process; see inference/) ---------------------------------------
@@ -144,6 +146,22 @@ ARENA_OUTLIER_ALPHA = env.float("ARENA_OUTLIER_ALPHA", default=0.001)
 KNOWLEDGE_MAX_UPLOAD_MB = env.int("KNOWLEDGE_MAX_UPLOAD_MB", default=50)
 # An ingestion whose worker saved no progress for this long lost its worker; it is marked failed, retryable.
 KNOWLEDGE_INGEST_STALE_SECONDS = env.int("KNOWLEDGE_INGEST_STALE_SECONDS", default=300)
+
+# --- Fine-tuning (apps/finetune/jobs.py) ------------------------------------------------------------
+# Checkpoints and trained adapters. The inference server loads adapters from here by path, so in compose it
+# lies on the models volume that both see.
+FINETUNE_DIR = Path(env("ATELIER_FINETUNE_DIR", default=str(VAR_DIR / "finetune"))).resolve()
+# A running job whose worker saved no progress for this long lost its worker: failed, retryable from its
+# checkpoint. A step of SmolLM2 on 2 CPU cores takes seconds and every cancel check is a heartbeat too.
+FINETUNE_STALE_SECONDS = env.int("FINETUNE_STALE_SECONDS", default=300)
+# A queued job that no worker took for this long while none was training lost its queue message.
+FINETUNE_QUEUED_LOST_SECONDS = env.int("FINETUNE_QUEUED_LOST_SECONDS", default=600)
+# How often a training worker reads the cancel flag (and beats): one small query per interval.
+FINETUNE_CANCEL_CHECK_SECONDS = env.float("FINETUNE_CANCEL_CHECK_SECONDS", default=2.0)
+# A job that finds its machine already training waits this long before trying again.
+FINETUNE_BUSY_RETRY_SECONDS = env.int("FINETUNE_BUSY_RETRY_SECONDS", default=30)
+# torch's intra-op threads in the fine-tune worker; 0 leaves torch's default (one per core).
+FINETUNE_TORCH_THREADS = env.int("FINETUNE_TORCH_THREADS", default=0)
 
 # --- Accounts ------------------------------------------------------------------------------------
 AUTH_USER_MODEL = "accounts.User"
