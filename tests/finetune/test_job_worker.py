@@ -1,6 +1,6 @@
 """Fine-tune jobs in real Celery worker processes on the `finetune` queue, with the tiny model:
 - a LoRA trained by a worker is loaded hot into a real inference server (the tiny model's own), whose logits
-  then match PEFT's with that adapter;
+  then match PEFT's with that adapter; once the server forgets it, the inference client loads it again;
 - a worker SIGKILLed mid-training leaves a running job that beat's sweep fails as retryable, and the retry,
   on another worker, resumes from the checkpoint and ends with exactly the adapter of an uninterrupted run.
 """
@@ -22,6 +22,7 @@ from django.conf import settings
 from peft import PeftModel
 from safetensors.torch import load_file
 
+from apps.core.inference_client import adapter_fields, inference_chat
 from apps.finetune.jobs import WORKER_LOST, checkpoint_dir, training_settings_from_dict
 from apps.finetune.models import Adapter, FineTuneJob, JobStatus
 from apps.finetune.services import finetune_job_create, finetune_job_retry, finetune_jobs_fail_stale
@@ -106,7 +107,7 @@ def tiny_job(tiny_chat, settings, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.django_db(transaction=True)
-def test_a_lora_trained_by_a_real_worker_is_served_hot_like_peft(tiny_chat, tiny_server, tiny_job):
+def test_a_lora_trained_by_a_real_worker_is_served_hot_like_peft(tiny_chat, tiny_server, tiny_job, settings):
     with finetune_worker("finetune", inference_url=tiny_server) as worker:
         job = tiny_job(epochs=2)
         wait_for(
@@ -141,6 +142,13 @@ def test_a_lora_trained_by_a_real_worker_is_served_hot_like_peft(tiny_chat, tiny
     np.testing.assert_allclose(served, want.topk(5).values.numpy(), atol=1e-3)
     assert np.abs(want.topk(5).values.numpy() - base.topk(5).values.numpy()).max() > 0.05  # a real change
     np.testing.assert_allclose(top("smollm2-135m-instruct"), base.topk(5).values.numpy(), atol=1e-3)
+
+    # The engine forgets it (a restart, or an eviction): the client loads it again and answers.
+    assert httpx.delete(f"{tiny_server}/v1/adapters/{adapter.engine_id}").status_code == 200
+    settings.INFERENCE_URL = tiny_server
+    body = {**adapter_fields(engine_id=adapter.engine_id, path=adapter.path), "messages": messages, "max_tokens": 2}
+    assert inference_chat(body=body)["choices"][0]["message"]["content"] is not None
+    assert adapter.engine_id in [m["id"] for m in httpx.get(f"{tiny_server}/v1/models").json()["data"]]
 
 
 @pytest.mark.slow
