@@ -113,6 +113,7 @@
         var adapter = field("adapter");
         adapter.hidden = false;
         adapter.querySelector("code").textContent = job.adapter.engine_id;
+        adapter.querySelector("[data-adapter-name]").textContent = job.adapter.name;
       }
       page.querySelectorAll("[data-when]").forEach(function (form) {
         form.hidden = !job[form.getAttribute("data-when")];

@@ -5,6 +5,7 @@
   on another worker, resumes from the checkpoint and ends with exactly the adapter of an uninterrupted run.
 """
 
+import asyncio
 import copy
 import os
 import signal
@@ -22,7 +23,13 @@ from django.conf import settings
 from peft import PeftModel
 from safetensors.torch import load_file
 
-from apps.core.inference_client import adapter_fields, inference_chat
+from apps.core.inference_client import (
+    adapter_fields,
+    inference_chat,
+    inference_chat_async,
+    inference_chat_stream,
+    inference_chat_stream_async,
+)
 from apps.finetune.jobs import WORKER_LOST, checkpoint_dir, training_settings_from_dict
 from apps.finetune.models import Adapter, FineTuneJob, JobStatus
 from apps.finetune.services import finetune_job_create, finetune_job_retry, finetune_jobs_fail_stale
@@ -147,8 +154,23 @@ def test_a_lora_trained_by_a_real_worker_is_served_hot_like_peft(tiny_chat, tiny
     assert httpx.delete(f"{tiny_server}/v1/adapters/{adapter.engine_id}").status_code == 200
     settings.INFERENCE_URL = tiny_server
     body = {**adapter_fields(engine_id=adapter.engine_id, path=adapter.path), "messages": messages, "max_tokens": 2}
-    assert inference_chat(body=body)["choices"][0]["message"]["content"] is not None
-    assert adapter.engine_id in [m["id"] for m in httpx.get(f"{tiny_server}/v1/models").json()["data"]]
+
+    def loaded() -> bool:
+        return adapter.engine_id in [m["id"] for m in httpx.get(f"{tiny_server}/v1/models").json()["data"]]
+
+    assert inference_chat(body=body)["choices"][0]["message"]["content"] is not None and loaded()
+    # the same for a stream (chat, the arena) and for the async calls (the API)
+    for call in (
+        lambda: list(inference_chat_stream(body=body)),
+        lambda: asyncio.run(inference_chat_async(body=body))["choices"],
+        lambda: asyncio.run(_drain(inference_chat_stream_async(body=body))),
+    ):
+        assert httpx.delete(f"{tiny_server}/v1/adapters/{adapter.engine_id}").status_code == 200 and not loaded()
+        assert call() and loaded()
+
+
+async def _drain(stream) -> list[dict]:
+    return [chunk async for chunk in await stream]
 
 
 @pytest.mark.slow
