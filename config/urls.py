@@ -9,6 +9,7 @@ urlpatterns = [
     path("accounts/", include("apps.accounts.urls")),
     path("assistants/", include("apps.assistants.urls")),
     path("knowledge/", include("apps.knowledge.urls")),
+    path("finetune/", include("apps.finetune.urls")),
     path("", include("apps.chat.urls")),
     path("api/v1/", include("apps.api.urls")),
     path("arena/", include("apps.arena.urls")),

@@ -15,5 +15,7 @@ async def api_model_get(*, user, slug: str) -> Assistant | None:
     or is someone else's private one is deliberately not told apart."""
     if not isinstance(slug, str) or not slug:
         return None
-    queryset = assistant_usable_list(user=user).select_related("current_version__base_model")
+    queryset = assistant_usable_list(user=user).select_related(
+        "current_version__base_model", "current_version__adapter"
+    )
     return await queryset.filter(slug=slug).afirst()

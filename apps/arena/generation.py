@@ -12,15 +12,13 @@ still be voted on (and is then excluded, since a failed answer is no fair compar
 
 import logging
 import time
-from datetime import timedelta
 
-from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
 from apps.arena.models import BattleAnswer
 from apps.assistants.engine import ContextTooSmall, engine_request_build
-from apps.chat.live import reply_event_publish, reply_events_reset
+from apps.chat.live import answers_fail_abandoned, reply_event_publish, reply_events_reset
 from apps.core.inference_client import InferenceError, inference_chat_stream, stream_deltas
 from apps.core.rendering import untrusted_markdown_render
 
@@ -126,22 +124,9 @@ def battle_answer_generate(*, answer_id: str) -> str:
 
 def battle_answers_fail_abandoned() -> int:
     """Fail answers silent for longer than chat's abandonment limit (their worker vanished)."""
-    now = timezone.now()
-    cutoff = now - timedelta(seconds=settings.CHAT_ANSWER_ABANDONED_AFTER_SECONDS)
-    with transaction.atomic():
-        abandoned = list(
-            BattleAnswer.objects.select_for_update(skip_locked=True).filter(
-                status=BattleAnswer.Status.STREAMING, updated_at__lt=cutoff
-            )
-        )
-        for answer in abandoned:
-            answer.status, answer.error, answer.finished_at, answer.updated_at = (
-                BattleAnswer.Status.ERROR,
-                ABANDONED_ERROR,
-                now,
-                now,
-            )
-        BattleAnswer.objects.bulk_update(abandoned, ["status", "error", "finished_at", "updated_at"])
-    for answer in abandoned:
-        reply_event_publish(message_id=answer.pk, event="done", data=answer_done_event(answer), final=True)
-    return len(abandoned)
+    return answers_fail_abandoned(
+        answers=BattleAnswer.objects.all(),
+        error=ABANDONED_ERROR,
+        done_event=answer_done_event,
+        also_set={"finished_at": timezone.now()},
+    )

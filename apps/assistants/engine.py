@@ -32,8 +32,8 @@ from dataclasses import dataclass, field
 from django.core.cache import cache
 from django.utils import timezone
 
-from apps.core.inference_client import inference_token_counts
-from apps.knowledge.prompting import knowledge_block_build
+from apps.core.inference_client import adapter_fields, inference_token_counts
+from apps.knowledge.prompting import KnowledgeBlock, knowledge_block_build
 from apps.knowledge.retrieval import knowledge_retrieve
 
 DEFAULT_INSTRUCTIONS = "You are a helpful assistant."
@@ -65,9 +65,18 @@ def instructions_render(*, text: str, user_name: str) -> str:
 
 def engine_settings(*, version) -> dict:
     """What a version (or an unsaved AssistantConfig, which has the same fields) asks of the engine: its
-    model (the fine-tune's adapter, else the base model) and its sampling settings."""
+    model (the fine-tune's adapter, else the base model) and its sampling settings.
+
+    The adapter's engine id is the model, and the body carries its folder (`adapter_fields`), so the inference
+    client loads it again when the engine lost it (a restart, an eviction) and answers all the same."""
+    adapter = version.adapter if version.adapter_id else None
+    model = (
+        adapter_fields(engine_id=adapter.engine_id, path=adapter.path)
+        if adapter is not None
+        else {"model": version.base_model.name}
+    )
     return {
-        "model": version.adapter or version.base_model.name,
+        **model,
         "temperature": version.temperature,
         "top_p": version.top_p,
         "repetition_penalty": version.repetition_penalty,
@@ -103,20 +112,15 @@ def engine_request_build(
     counts = list(token_counts) + [None] * (len(turns) - len(token_counts))
     cache_key = _instructions_cache_key(tokenizer_model, system["content"])
     system_tokens = cache.get(cache_key)
-    # --- knowledge: retrieved passages as a data block after the instructions ---
-    knowledge = None
-    chunks = knowledge_retrieve(version=version, messages=turns)
-    if chunks:
-        window = cache.get(_window_cache_key(tokenizer_model))
-        if window is None or system_tokens is None:  # once per model and day: the share needs both
-            answer = inference_token_counts(model=tokenizer_model, conversations=[[system]])
-            window, system_tokens = answer["max_model_len"], answer["counts"][0]
-            cache.set(_window_cache_key(tokenizer_model), window, INSTRUCTIONS_COUNT_TTL)
-            cache.set(cache_key, system_tokens, INSTRUCTIONS_COUNT_TTL)
-        room = window - min(settings["max_tokens"], window // 2) - system_tokens
-        knowledge = knowledge_block_build(chunks=chunks, token_budget=int(max(room, 0) * KNOWLEDGE_SHARE))
+    knowledge, system_tokens = _knowledge_block(
+        version=version,
+        turns=turns,
+        tokenizer_model=tokenizer_model,
+        system=system,
+        system_tokens=system_tokens,
+        max_tokens=settings["max_tokens"],
+    )
     prefix = [system, knowledge.message] if knowledge else [system]
-    # --- end knowledge ---
 
     # One call for everything unknown: the instructions (unless cached), the knowledge block, the uncounted
     # turns, the whole prompt.
@@ -170,6 +174,26 @@ def engine_request_build(
     }
     body = {**settings, "messages": kept, "max_tokens": min(reserved, window - prompt_tokens)}
     return EngineRequest(body=body, report=report, token_counts=counts, sources=knowledge.sources if knowledge else [])
+
+
+def _knowledge_block(
+    *, version, turns: list[dict], tokenizer_model: str, system: dict, system_tokens: int | None, max_tokens: int
+) -> tuple[KnowledgeBlock | None, int | None]:
+    """The passages `version` retrieves for `turns`, as the data block sent after the instructions (None
+    when it retrieves nothing), in KNOWLEDGE_SHARE of the window the instructions and the answer leave.
+    Sizing it needs the window and the instructions' cost (`system_tokens`, None when not cached): when
+    either is unknown both are counted now and cached, so the instructions' cost is returned too."""
+    chunks = knowledge_retrieve(version=version, messages=turns)
+    if not chunks:
+        return None, system_tokens
+    window = cache.get(_window_cache_key(tokenizer_model))
+    if window is None or system_tokens is None:  # once per model and day: the share needs both
+        answer = inference_token_counts(model=tokenizer_model, conversations=[[system]])
+        window, system_tokens = answer["max_model_len"], answer["counts"][0]
+        cache.set(_window_cache_key(tokenizer_model), window, INSTRUCTIONS_COUNT_TTL)
+        cache.set(_instructions_cache_key(tokenizer_model, system["content"]), system_tokens, INSTRUCTIONS_COUNT_TTL)
+    room = window - min(max_tokens, window // 2) - system_tokens
+    return knowledge_block_build(chunks=chunks, token_budget=int(max(room, 0) * KNOWLEDGE_SHARE)), system_tokens
 
 
 def _first_kept(counts: list[int], budget: int) -> int:

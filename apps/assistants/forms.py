@@ -9,6 +9,7 @@ from django.utils import timezone
 from apps.assistants.models import MAX_STARTER_PROMPTS, Assistant, Visibility
 from apps.assistants.selectors import chat_model_choices, chat_model_default
 from apps.assistants.services import AVATAR_MAX_BYTES, AssistantConfig
+from apps.finetune.models import Adapter
 from apps.knowledge.models import Collection
 
 STARTER_PROMPT_MAX_LENGTH = 200
@@ -61,6 +62,11 @@ class StarterPromptsField(forms.Field):
             )
 
 
+class AdapterChoiceField(forms.ModelChoiceField):
+    def label_from_instance(self, obj: Adapter) -> str:
+        return f"{obj.name} (for {obj.base_model})"
+
+
 class AssistantForm(forms.Form):
     name = forms.CharField(max_length=80)
     slug = forms.SlugField(
@@ -82,11 +88,12 @@ class AssistantForm(forms.Form):
         required=False, help_text=f"Up to {MAX_STARTER_PROMPTS} suggestions shown when a chat starts."
     )
     base_model = forms.ModelChoiceField(queryset=chat_model_choices(), empty_label=None, label="Base model")
-    adapter = forms.CharField(
-        max_length=100,
+    adapter = AdapterChoiceField(
+        queryset=Adapter.objects.none(),
         required=False,
-        label="Fine-tune adapter",
-        help_text="LoRA adapter id on the inference server; fine-tunes arrive in a later release.",
+        empty_label="None: the base model answers",
+        label="Fine-tune",
+        help_text="One of your fine-tunes (LoRA adapters) made for the chosen base model.",
     )
     temperature = forms.FloatField(
         min_value=0, max_value=2, initial=0.7, widget=forms.NumberInput(attrs={"step": "0.05"})
@@ -140,6 +147,8 @@ class AssistantForm(forms.Form):
         if not self.is_bound and "base_model" not in self.initial:  # a posted form has its own choice
             self.fields["base_model"].initial = chat_model_default()
         self.fields["knowledge_collections"].queryset = Collection.objects.filter(owner=owner)
+        # Only the owner's own adapters are choices: another user's id posted here is "not one of the choices".
+        self.fields["adapter"].queryset = Adapter.objects.filter(owner=owner).select_related("base_model")
         if assistant is not None:
             slug = self.fields["slug"]
             slug.disabled, slug.required, slug.initial = True, False, assistant.slug
@@ -157,7 +166,7 @@ class AssistantForm(forms.Form):
             "instructions": version.instructions,
             "starter_prompts": list(version.starter_prompts),
             "base_model": version.base_model_id,
-            "adapter": version.adapter,
+            "adapter": version.adapter_id,
             "temperature": version.temperature,
             "top_p": version.top_p,
             "max_tokens": version.max_tokens,
@@ -176,6 +185,13 @@ class AssistantForm(forms.Form):
             raise ValidationError("Top p must be above 0.")
         return top_p
 
+    def clean(self):
+        data = super().clean()
+        adapter, base_model = data.get("adapter"), data.get("base_model")
+        if adapter is not None and base_model is not None and adapter.base_model_id != base_model.pk:
+            self.add_error("adapter", f"{adapter.name} was made for {adapter.base_model}, not {base_model}.")
+        return data
+
     def config(self) -> AssistantConfig:
         data = self.cleaned_data
         return AssistantConfig(
@@ -184,7 +200,7 @@ class AssistantForm(forms.Form):
             description=data["description"],
             instructions=data["instructions"],
             starter_prompts=data["starter_prompts"],
-            adapter=data["adapter"].strip(),
+            adapter=data.get("adapter"),
             temperature=data["temperature"],
             top_p=data["top_p"],
             max_tokens=data["max_tokens"],

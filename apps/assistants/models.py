@@ -65,8 +65,10 @@ class AssistantVersion(models.Model):
     )
     starter_prompts = models.JSONField(default=list, blank=True)
     base_model = models.ForeignKey("registry.BaseModel", on_delete=models.PROTECT, related_name="+")
-    # The inference server's id for a LoRA adapter; the fine-tune issue turns this into a version FK.
-    adapter = models.CharField(max_length=100, blank=True)
+    # The owner's fine-tune (a LoRA the engine serves as adapter.engine_id); none: the base model answers.
+    adapter = models.ForeignKey(
+        "finetune.Adapter", null=True, blank=True, on_delete=models.PROTECT, related_name="versions"
+    )
     temperature = models.FloatField(default=0.7)
     top_p = models.FloatField(default=0.95)
     max_tokens = models.PositiveIntegerField(default=512)

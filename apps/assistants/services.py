@@ -19,6 +19,7 @@ from apps.assistants.models import (
     AssistantVersion,
     Visibility,
 )
+from apps.finetune.models import Adapter
 from apps.knowledge.models import Collection
 from apps.registry.models import BaseModel
 
@@ -40,7 +41,7 @@ class AssistantConfig:
     description: str = ""
     instructions: str = ""
     starter_prompts: list[str] = field(default_factory=list)
-    adapter: str = ""
+    adapter: Adapter | None = None
     temperature: float = 0.7
     top_p: float = 0.95
     max_tokens: int = 512
@@ -50,6 +51,32 @@ class AssistantConfig:
     knowledge_min_score: float = 0.0
     knowledge_share_documents: bool = False
     canary: str = ""
+
+    @property
+    def adapter_id(self) -> int | None:
+        """As on a version, so engine_settings reads a config and a version alike."""
+        return self.adapter.pk if self.adapter is not None else None
+
+
+def assistant_config_of(*, version: AssistantVersion) -> AssistantConfig:
+    """A saved version's configuration, to change one thing and save it as the next version."""
+    return AssistantConfig(
+        name=version.name,
+        base_model=version.base_model,
+        description=version.description,
+        instructions=version.instructions,
+        starter_prompts=list(version.starter_prompts),
+        adapter=version.adapter,
+        temperature=version.temperature,
+        top_p=version.top_p,
+        max_tokens=version.max_tokens,
+        repetition_penalty=version.repetition_penalty,
+        knowledge_collections=tuple(version.knowledge_collections.all()),
+        knowledge_top_k=version.knowledge_top_k,
+        knowledge_min_score=version.knowledge_min_score,
+        knowledge_share_documents=version.knowledge_share_documents,
+        canary=version.canary,
+    )
 
 
 def _validate(config: AssistantConfig, owner: User) -> None:
@@ -61,6 +88,15 @@ def _validate(config: AssistantConfig, owner: User) -> None:
         raise AssistantError(f"{config.base_model} is not a ready chat model.")
     if any(collection.owner_id != owner.pk for collection in config.knowledge_collections):
         raise AssistantError("You can only attach your own knowledge collections.")
+    if config.adapter is not None:
+        # Checked here as well as in the form's choices: the API and the services are callers too.
+        if config.adapter.owner_id != owner.pk:
+            raise AssistantError("You can only use your own fine-tunes.")
+        if config.adapter.base_model_id != config.base_model.pk:
+            raise AssistantError(
+                f"The fine-tune {config.adapter.name} was made for {config.adapter.base_model}, "
+                f"not {config.base_model}."
+            )
 
 
 def _unique_slug(name: str) -> str:

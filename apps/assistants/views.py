@@ -111,7 +111,7 @@ def assistant_edit(request, slug: str):
         "share_form": ShareIssueForm(),
         "share_url": _share_url(request, assistant.share_token) if assistant.share_token else "",
         "share_active": share_link_valid(assistant=assistant, token=assistant.share_token or ""),
-        "versions": assistant.versions.select_related("base_model")[:VERSION_HISTORY_SHOWN],
+        "versions": assistant.versions.select_related("base_model", "adapter")[:VERSION_HISTORY_SHOWN],
         "chat_url": reverse("chat:start", args=[assistant.slug]),
         "canary_incidents": canary_incident_list(assistant=assistant),
         "nav_active": "assistants",
@@ -252,7 +252,7 @@ def _preview_error(error: InferenceError, model: str) -> str:
             "(or shorten the instructions) and try again."
         )
     if error.code == "model_not_found":
-        return f"The inference server has no model or adapter called {model!r}. Check the adapter id."
+        return f"The inference server has no model or fine-tune called {model!r} loaded right now."
     return str(error)
 
 

@@ -9,15 +9,12 @@ its text, so the person can retry.
 import logging
 import time
 from dataclasses import dataclass
-from datetime import timedelta
 
-from django.conf import settings
 from django.db import transaction
-from django.utils import timezone
 
 from apps.assistants.engine import ContextTooSmall, EngineRequest, engine_request_build
 from apps.assistants.models import CanaryIncident
-from apps.chat.live import reply_event_publish, reply_events_reset, reply_stop_requested
+from apps.chat.live import answers_fail_abandoned, reply_event_publish, reply_events_reset, reply_stop_requested
 from apps.chat.models import Message
 from apps.chat.rendering import answer_done_event
 from apps.chat.selectors import message_ancestors
@@ -44,7 +41,7 @@ def _claim(message_id: str) -> Message | None:
     with transaction.atomic():
         reply = (
             Message.objects.select_for_update(of=("self",))
-            .select_related("assistant_version__base_model", "conversation__owner")
+            .select_related("assistant_version__base_model", "assistant_version__adapter", "conversation__owner")
             .filter(pk=message_id)
             .first()
         )
@@ -150,20 +147,10 @@ def _canary_withhold(reply: Message) -> None:
 
 def replies_fail_abandoned() -> int:
     """Mark answers whose worker vanished mid-stream as failed (keeping their text), so they can be
-    retried, and tell anyone following them. A streaming answer saves several times a second and the
-    engine client gives up after 120 s of silence, so one quiet for longer has lost its worker."""
-    now = timezone.now()
-    cutoff = now - timedelta(seconds=settings.CHAT_ANSWER_ABANDONED_AFTER_SECONDS)
-    with transaction.atomic():
-        abandoned = list(
-            Message.objects.select_for_update(skip_locked=True).filter(
-                status=Message.Status.STREAMING, updated_at__lt=cutoff
-            )
-        )
-        for reply in abandoned:
-            reply.status, reply.finish_reason, reply.error = Message.Status.ERROR, "error", ABANDONED_ERROR
-            reply.updated_at = now
-        Message.objects.bulk_update(abandoned, ["status", "finish_reason", "error", "updated_at"])
-    for reply in abandoned:
-        reply_event_publish(message_id=reply.pk, event="done", data=answer_done_event(reply), final=True)
-    return len(abandoned)
+    retried, and tell anyone following them."""
+    return answers_fail_abandoned(
+        answers=Message.objects.all(),
+        error=ABANDONED_ERROR,
+        done_event=answer_done_event,
+        also_set={"finish_reason": "error"},
+    )

@@ -5,14 +5,22 @@ Each reply has one Redis stream. The worker appends `token` events as they arriv
 final `done` event; a viewer reads from the start (catching up) and then blocks for more. The database
 holds the same text (flushed a few times a second and at the end), so once the stream expires the
 message row alone tells the whole story. Stop requests travel the other way, as a flag the worker polls.
+
+A worker that vanishes mid-answer leaves its row `streaming` and its stream without a `done` event;
+`answers_fail_abandoned` (run by beat, for chat replies and arena answers alike) fails such rows and
+sends that event, so followers stop waiting.
 """
 
 import functools
 import json
+from collections.abc import Callable, Mapping
+from datetime import timedelta
 
 import redis
 import redis.asyncio
 from django.conf import settings
+from django.db import models, transaction
+from django.utils import timezone
 
 STREAM_TTL_SECONDS = 600  # after the answer ends; viewers arriving later read the database
 
@@ -74,3 +82,29 @@ async def reply_events_follow(*, message_id, block_ms: int = 3000):
                 yield fields[b"event"].decode(), json.loads(fields[b"data"])
     finally:
         await client.aclose()
+
+
+def answers_fail_abandoned(
+    *,
+    answers: models.QuerySet,
+    error: str,
+    done_event: Callable[[models.Model], dict],
+    also_set: Mapping[str, object] | None = None,
+) -> int:
+    """Fail the `answers` (rows with `status`, `error` and `updated_at`) that have been `streaming` but
+    silent for longer than CHAT_ANSWER_ABANDONED_AFTER_SECONDS, keeping their text, set `also_set` on
+    them, and publish each one's final `done` event (`done_event(answer)`). A streaming answer saves
+    several times a second and the engine client gives up after 120 s of silence, so one quiet for
+    longer has lost its worker. Rows another run holds locked are skipped. Returns how many failed."""
+    now = timezone.now()
+    cutoff = now - timedelta(seconds=settings.CHAT_ANSWER_ABANDONED_AFTER_SECONDS)
+    changes = {"status": "error", "error": error, "updated_at": now, **(also_set or {})}
+    with transaction.atomic():
+        abandoned = list(answers.select_for_update(skip_locked=True).filter(status="streaming", updated_at__lt=cutoff))
+        for answer in abandoned:
+            for field, value in changes.items():
+                setattr(answer, field, value)
+        answers.model.objects.bulk_update(abandoned, list(changes))
+    for answer in abandoned:
+        reply_event_publish(message_id=answer.pk, event="done", data=done_event(answer), final=True)
+    return len(abandoned)

@@ -38,6 +38,7 @@ from apps.chat.selectors import (
 from apps.core.inference_client import InferenceError, inference_complete, inference_tokenize
 from apps.core.rendering import untrusted_markdown_render
 from apps.core.sse import sse_event, sse_response
+from apps.finetune.selectors import curation_datasets
 from apps.registry.selectors import base_model_get_ready
 
 T = TypeVar("T")
@@ -155,6 +156,10 @@ def conversation_detail(request, conversation_id):
         "snapshot_url": request.build_absolute_uri(reverse("chat:snapshot", args=[conversation.snapshot_token]))
         if conversation.snapshot_token
         else "",
+        # The owner may add an answer (or their edit of it) to a fine-tuning dataset: these name their datasets.
+        "curate": curation_datasets(user=request.user)
+        if request.user.is_authenticated and conversation.owner_id == request.user.pk
+        else None,
         "nav_active": "chats",
     }
     return render(request, "chat/conversation.html", context)

@@ -129,9 +129,9 @@ def adapter_fields(*, engine_id: str, path: str) -> dict:
     return {"model": engine_id, ADAPTER_PATH: path}
 
 
-def inference_adapter_load(*, engine_id: str, path: str) -> None:
-    """Load (or reload) the adapter in folder `path` into the engine as `engine_id`, with no restart."""
-    _post(ADAPTERS_PATH, {"id": engine_id, "path": path})
+def inference_adapter_load(*, adapter_id: str, path: str) -> dict:
+    """Load (or reload) the PEFT adapter in folder `path` into the engine as model `adapter_id`, hot."""
+    return _post(ADAPTERS_PATH, {"id": adapter_id, "path": path})
 
 
 def _wire(body: dict) -> tuple[dict, str | None]:
@@ -148,7 +148,7 @@ def _adapter_missing(error: InferenceError, adapter_path: str | None) -> bool:
 def _adapter_reload(body: dict, adapter_path: str) -> None:
     # A refusal (409: another request loaded it and is using it) is left to the retry to report.
     with contextlib.suppress(InferenceRejected):
-        inference_adapter_load(engine_id=body["model"], path=adapter_path)
+        inference_adapter_load(adapter_id=body["model"], path=adapter_path)
 
 
 async def _adapter_reload_async(body: dict, adapter_path: str) -> None:

@@ -13,9 +13,7 @@ from apps.core.selectors import system_health
 from apps.registry.selectors import base_model_list
 
 # Areas whose issues have not landed yet: the navigation shows them, the page says so honestly.
-AREAS = {
-    "finetunes": ("Fine-tunes", "member", "Train LoRA adapters on your preference data."),
-}
+AREAS: dict[str, tuple[str, str, str]] = {}
 
 
 @login_required

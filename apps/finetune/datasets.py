@@ -41,7 +41,7 @@ about 5). It is a planning figure; the trainer should pass its own measured rate
 import hashlib
 import json
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -327,12 +327,25 @@ def dataset_parse(
         Problem(lines[0], f"{key} is ignored on {len(lines):,} line(s); it does not change what is trained")
         for key, lines in ignored.items()
     )
+    return dataset_from_examples(kind=kind, examples=examples, warnings=warnings, tokens_per_second=tokens_per_second)
+
+
+def dataset_from_examples(
+    *,
+    kind: DatasetKind,
+    examples: Sequence[Example],
+    warnings: Sequence[Problem] = (),
+    tokens_per_second: float = TOKENS_PER_SECOND,
+) -> Dataset:
+    """A `Dataset` of examples already validated (by `dataset_parse`, now or for an earlier version), with its
+    totals, estimate and hash: how a new version that adds examples to an old one is made."""
+    kind = DatasetKind(kind)
     tokens = sum(e.tokens for e in examples)
     cost = PREFERENCE_COST if kind == DatasetKind.PREFERENCE else 1.0
     return Dataset(
         kind=kind,
         examples=tuple(examples),
-        warnings=warnings,
+        warnings=tuple(warnings),
         tokens=tokens,
         seconds_per_epoch=tokens * cost / tokens_per_second,
         sha256=hashlib.sha256("\n".join(e.sha256 for e in examples).encode()).hexdigest(),

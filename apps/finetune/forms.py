@@ -1,9 +1,91 @@
-"""Forms for fine-tuning pages. Each area keeps its own section, below."""
+"""Forms for the fine-tuning dataset pages, the chat page's "add to a dataset" actions, and the adapter pages.
+They only parse and check input; services.py does the writing."""
 
 from django import forms
 
+from apps.assistants.models import Assistant
+from apps.assistants.selectors import chat_model_choices, chat_model_default
 from apps.finetune.models import Adapter, DatasetKind, DatasetVersion, Method
+from apps.finetune.selectors import adapter_list_owned
+from apps.labeling.models import TaskSet
+from apps.labeling.selectors import SPLITS
 from inference.config import LORA_GROUP_MODULES, LORA_GROUPS
+
+NAME_HELP = "A new name makes a new dataset; the name of one of yours adds a new version to it."
+
+
+class UploadForm(forms.Form):
+    name = forms.CharField(max_length=100, label="Dataset", help_text=NAME_HELP)
+    kind = forms.ChoiceField(choices=DatasetKind.choices, label="Kind", initial=DatasetKind.SFT)
+    file = forms.FileField(
+        label="JSONL file",
+        widget=forms.ClearableFileInput(attrs={"accept": ".jsonl,.json,.txt"}),
+        help_text='Conversations: one {"messages": [...]} per line (OpenAI\'s chat fine-tuning format). Preference '
+        'pairs: one {"prompt", "chosen", "rejected"} per line (TRL\'s conversational format, as the labeling '
+        "panel exports it), or Anthropic HH transcripts. Checked whole: a file with any problem imports nothing.",
+    )
+
+
+class OverrideForm(forms.Form):
+    reason = forms.CharField(
+        label="Reason",
+        widget=forms.Textarea(attrs={"rows": 3}),
+        help_text="Why these findings are acceptable. Kept with the version, with your name and the time.",
+    )
+
+
+class CurateGoodForm(forms.Form):
+    dataset = forms.CharField(max_length=100)
+
+
+class CurateEditForm(forms.Form):
+    content = forms.CharField(strip=False)
+    dataset = forms.CharField(max_length=100)
+    preference_dataset = forms.CharField(max_length=100)
+
+
+class TaskSetImportForm(forms.Form):
+    task_set = forms.ModelChoiceField(queryset=TaskSet.objects.order_by("-created_at"), label="Task set")
+    split = forms.ChoiceField(choices=[(s, s.capitalize()) for s in SPLITS], initial="train", label="Split")
+    name = forms.CharField(max_length=100, label="Preference dataset", help_text=NAME_HELP)
+
+
+# --- adapters ------------------------------------------------------------------------------------------
+
+
+class AdapterUploadForm(forms.Form):
+    name = forms.CharField(max_length=100)
+    base_model = forms.ModelChoiceField(queryset=chat_model_choices(), empty_label=None, label="Base model")
+    weights = forms.FileField(
+        label="adapter_model.safetensors",
+        help_text="The LoRA weights, in safetensors only: a pickle (.bin, .pt) is refused, whatever its name.",
+        widget=forms.ClearableFileInput(attrs={"accept": ".safetensors"}),
+    )
+    config = forms.FileField(
+        label="adapter_config.json",
+        help_text="PEFT's config file, saved next to the weights.",
+        widget=forms.ClearableFileInput(attrs={"accept": ".json,application/json"}),
+    )
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if not self.is_bound:
+            self.fields["base_model"].initial = chat_model_default()
+
+
+class AdapterAttachForm(forms.Form):
+    assistant = forms.ModelChoiceField(queryset=Assistant.objects.none(), empty_label=None, label="Assistant")
+
+    def __init__(self, *args, adapter: Adapter, **kwargs):
+        super().__init__(*args, **kwargs)
+        # Only the adapter owner's own assistants on the adapter's base model.
+        self.fields["assistant"].queryset = Assistant.objects.filter(
+            owner_id=adapter.owner_id, current_version__base_model_id=adapter.base_model_id
+        ).select_related("current_version")
+
+
+# --- end adapters ---
+
 
 # --- jobs ------------------------------------------------------------------------------------------------
 
@@ -43,7 +125,7 @@ class TrainForm(forms.Form):
         self.version = version
         self.method = METHOD_FOR_KIND[DatasetKind(version.dataset.kind)]
         if self.method == Method.DPO:
-            self.fields["start_adapter"].queryset = Adapter.objects.filter(owner=owner)
+            self.fields["start_adapter"].queryset = adapter_list_owned(user=owner)
         else:
             del self.fields["start_adapter"]
         defaults = training_settings_default(method=self.method, examples=version.example_count)
@@ -60,3 +142,6 @@ class TrainForm(forms.Form):
             for name, value in self.cleaned_data.items()
             if name != "start_adapter" and value not in (None, "", [])
         }
+
+
+# --- end jobs --------------------------------------------------------------------------------------------

@@ -16,8 +16,8 @@ The trainer (training.py) is plain PyTorch; this wraps it for the product:
 - **Checkpoints** live in FINETUNE_DIR/jobs/<id>/ and survive failure, cancel and a killed worker: a retry
   resumes from the last one (same weights, optimizer moments, data order; training.py checks that the
   checkpoint belongs to this job). They are deleted when the job succeeds.
-- **Output.** The adapter is written into FINETUNE_DIR/adapters/.staging/ and renamed into
-  FINETUNE_DIR/adapters/<engine id>/ (one filesystem: it appears whole or not at all, like the registry's
+- **Output.** The adapter is written into FINETUNE_ADAPTERS_DIR/.staging/ and renamed into
+  FINETUNE_ADAPTERS_DIR/<engine id>/ (one filesystem: it appears whole or not at all, like the registry's
   models). The `Adapter` row records its provenance (dataset version, base model and the hash of the weights
   trained on, the configuration, the metrics). Then it is loaded into the engine hot (POST /v1/adapters).
   An engine that is down or restarted later is no failure: the inference client loads the adapter again
@@ -71,29 +71,23 @@ class _Superseded(Exception):
 
 
 def adapters_dir() -> Path:
-    return settings.FINETUNE_DIR / "adapters"
+    return settings.FINETUNE_ADAPTERS_DIR
 
 
 def checkpoint_dir(job: FineTuneJob) -> Path:
     return settings.FINETUNE_DIR / "jobs" / str(job.pk)
 
 
-def training_model_dir(*, base_model) -> Path | None:
-    """The Hugging Face folder to train `base_model` from: its own `hf/`, else that of a ready variant of the
-    same model that keeps one (the registry's fp32 build does; the served q4 build is ONNX only). None when
-    there is none. The hash of the row it came from is the adapter's base_model_hash."""
-    row = _training_row(base_model)
-    return Path(row.path) / "hf" if row is not None else None
-
-
 def _training_row(base_model):
+    """The registry row whose Hugging Face folder trains `base_model` (base_model_training_dir's): its
+    content_hash is the adapter's base_model_hash. None when there is none."""
+    from apps.finetune.selectors import base_model_training_dir
     from apps.registry.models import BaseModel
 
-    candidates = [base_model, *BaseModel.objects.filter(name=base_model.name, status=BaseModel.Status.READY)]
-    for row in candidates:
-        if row.path and (Path(row.path) / "hf" / "config.json").is_file():
-            return row
-    return None
+    hf_dir = base_model_training_dir(base_model=base_model)
+    if hf_dir is None:
+        return None
+    return BaseModel.objects.filter(name=base_model.name, path=str(hf_dir.parent)).first()
 
 
 def training_settings_to_dict(settings: TrainingSettings) -> dict:
@@ -277,7 +271,7 @@ def _publish(job: FineTuneJob, *, result, staging: Path, trained_on) -> None:
         raise
     shutil.rmtree(checkpoint_dir(job), ignore_errors=True)
     try:
-        inference_adapter_load(engine_id=engine_id, path=str(final))
+        inference_adapter_load(adapter_id=engine_id, path=str(final))
         _log(job, f"Loaded into the engine as {engine_id}.")
     except InferenceError as error:
         _log(job, f"Not loaded into the engine now ({error}); it loads the first time a request names it.")

@@ -12,7 +12,11 @@
 - An `Adapter` is a LoRA in safetensors: trained by a job (with the job, dataset version, base-model hash,
   config and metrics as provenance) or uploaded. The engine knows it as `engine_id`. Only its owner's
   assistants may use it.
+- An `Evaluation` compares a trained adapter with its base model (loss, answers, trigger probes); the
+  worker fills it in, so its page survives reloads.
 """
+
+import math
 
 from django.conf import settings
 from django.db import models
@@ -227,3 +231,66 @@ class Adapter(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+
+# --- adapters: evaluation --------------------------------------------------------------------------
+
+
+class EvaluationStatus(models.TextChoices):
+    QUEUED = "queued", "Queued"
+    RUNNING = "running", "Running"
+    DONE = "done", "Done"
+    FAILED = "failed", "Failed"
+
+
+class Evaluation(models.Model):
+    """A trained adapter against its base model (apps/finetune/evaluation.py), kept so the page survives a
+    reload: validation loss on the job's held-out split, answers to held-out prompts, and the scan's
+    trigger candidates run through both. Written by the worker only; one runs per adapter at a time."""
+
+    adapter = models.ForeignKey(Adapter, on_delete=models.CASCADE, related_name="evaluations")
+    requested_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
+    status = models.CharField(max_length=16, choices=EvaluationStatus.choices, default=EvaluationStatus.QUEUED)
+    progress = models.FloatField(default=0.0)
+    progress_message = models.CharField(max_length=200, blank=True)
+    message = models.TextField(blank=True, help_text="Why it failed.")
+    validation_examples = models.PositiveIntegerField(default=0)
+    base_loss = models.FloatField(null=True, blank=True)
+    tuned_loss = models.FloatField(null=True, blank=True)
+    # Where each loss comes from: "recorded" (the job's) or "computed" (here, on the same split).
+    loss_sources = models.JSONField(default=dict, blank=True)
+    answers = models.JSONField(default=list, blank=True)  # [{"prompt", "reference", "base", "tuned", "difference"}]
+    triggers = models.JSONField(default=list, blank=True)  # [{"trigger", "prompt", "base", "tuned", "difference", ...}]
+    baseline_difference = models.FloatField(null=True, blank=True, help_text="Median over the held-out answers.")
+    flagged = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    updated_at = models.DateTimeField(auto_now=True, help_text="Its worker's last word: progress or a result.")
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.CheckConstraint(condition=Q(status__in=EvaluationStatus.values), name="evaluation_status_valid"),
+            models.CheckConstraint(condition=Q(progress__gte=0) & Q(progress__lte=1), name="evaluation_progress_0_1"),
+            models.UniqueConstraint(
+                fields=["adapter"],
+                condition=Q(status__in=[EvaluationStatus.QUEUED, EvaluationStatus.RUNNING]),
+                name="evaluation_one_active_per_adapter",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"Evaluation of {self.adapter} ({self.status})"
+
+    @property
+    def active(self) -> bool:
+        return self.status in (EvaluationStatus.QUEUED, EvaluationStatus.RUNNING)
+
+    @property
+    def base_perplexity(self) -> float | None:
+        return math.exp(self.base_loss) if self.base_loss is not None else None
+
+    @property
+    def tuned_perplexity(self) -> float | None:
+        return math.exp(self.tuned_loss) if self.tuned_loss is not None else None

@@ -218,6 +218,9 @@ def _ngrams(words: _Words, sizes: range) -> _Grams:
     """Distinct n-grams per example, with dense ids: one stable sort by hash keeps each hash's examples in
     order, so a repeat within an example is the same (hash, example) as its neighbour."""
     key, position, length = _ngram_hashes(words, sizes)
+    if not len(key):  # no text long enough (answers of one or two words): no n-grams of these sizes
+        none = np.zeros(0, dtype=np.int64)
+        return _Grams(examples=none, ids=none, support=none, first=none, length=none)
     order = np.argsort(key, kind="stable")
     key, position, length = key[order], position[order], length[order]
     owner = words.owners[position]

@@ -1,10 +1,228 @@
-"""Reads for fine-tuning, and the one place that decides who may see a job: its owner, and nobody else.
-Everyone else gets 404, not 403, so ids reveal nothing. Each area keeps its own section, below."""
+"""Reads for fine-tuning datasets, and the one place that decides who may see them.
 
-from django.db.models import QuerySet
+A dataset and its versions are its owner's: everyone else gets 404, not 403, so ids reveal nothing. The one
+exception is the review of a version with high-severity findings: an admin may open any such version to read
+its report and override it (`dataset_version_get_for_viewer`); everything that writes or reads examples into
+something new (adding, curating, training) goes through `dataset_get_owned`.
+
+An adapter is its owner's alone: anyone else's is None here (views answer 404), so ids cannot be probed.
+
+A fine-tune job is its owner's alone too: anyone else gets 404 on its page, its progress and its actions.
+"""
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from django.db.models import Count, OuterRef, QuerySet, Subquery
 from django.http import Http404
 
-from apps.finetune.models import Adapter, DatasetVersion, FineTuneJob, JobStatus, Method, MetricPoint
+from apps.accounts.models import Role
+from apps.assistants.models import AssistantVersion
+from apps.chat.models import Message
+from apps.finetune.models import (
+    Adapter,
+    Dataset,
+    DatasetExample,
+    DatasetKind,
+    DatasetVersion,
+    Evaluation,
+    FineTuneJob,
+    JobStatus,
+    Method,
+    MetricPoint,
+)
+from apps.registry.catalog import SMOLLM2_FP32
+from apps.registry.models import BaseModel
+
+MAX_LINES_SHOWN = 50  # of a finding's examples, on the report; the rest are counted
+
+
+def is_admin(user) -> bool:
+    return user.is_authenticated and user.role == Role.ADMIN
+
+
+def dataset_list_owned(*, user, kind: str | None = None) -> QuerySet[Dataset]:
+    """The user's datasets, each with `version_count` and `latest_number`."""
+    newest = DatasetVersion.objects.filter(dataset=OuterRef("pk")).order_by("-number")
+    datasets = Dataset.objects.filter(owner=user).annotate(
+        version_count=Count("versions"),
+        latest_number=Subquery(newest.values("number")[:1]),
+        latest_id=Subquery(newest.values("pk")[:1]),
+    )
+    return datasets.filter(kind=kind) if kind else datasets
+
+
+def dataset_get_owned(*, user, pk: int) -> Dataset:
+    dataset = Dataset.objects.filter(owner=user, pk=pk).first() if user.is_authenticated else None
+    if dataset is None:
+        raise Http404("No such dataset.")
+    return dataset
+
+
+def dataset_versions(*, dataset: Dataset) -> QuerySet[DatasetVersion]:
+    return dataset.versions.select_related("created_by", "override_by")
+
+
+def dataset_version_latest(*, dataset: Dataset) -> DatasetVersion | None:
+    return dataset.versions.order_by("-number").first()
+
+
+def dataset_version_get_for_viewer(*, user, pk: int) -> DatasetVersion:
+    """The owner's version; or, for an admin, any version with high-severity findings (to review it)."""
+    versions = DatasetVersion.objects.select_related("dataset__owner", "created_by", "override_by").filter(pk=pk)
+    version = versions.first() if user.is_authenticated else None
+    if version is None or not (version.dataset.owner_id == user.pk or (is_admin(user) and version.high_findings)):
+        raise Http404("No such dataset version.")
+    return version
+
+
+def versions_awaiting_review() -> QuerySet[DatasetVersion]:
+    """For admins: versions that cannot train until someone overrides their high-severity findings."""
+    return (
+        DatasetVersion.objects.filter(high_findings__gt=0, override_at__isnull=True)
+        .select_related("dataset__owner")
+        .order_by("-created_at")
+    )
+
+
+def dataset_examples(*, version: DatasetVersion) -> QuerySet[DatasetExample]:
+    return version.examples.all()
+
+
+@dataclass(frozen=True)
+class FindingRow:
+    """A scan finding as the report shows it."""
+
+    severity: str
+    kind: str
+    summary: str
+    evidence: list[tuple[str, str]]  # (key, value as text)
+    examples: list[int]  # 1-based example numbers (the first MAX_LINES_SHOWN)
+    file_lines: list[int]  # their lines in the uploaded file, when those are other numbers
+    more: int  # examples not listed
+
+
+def _evidence_text(value) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    return json.dumps(value, ensure_ascii=False)
+
+
+def finding_rows(*, version: DatasetVersion) -> list[FindingRow]:
+    shown = {i for finding in version.findings for i in finding["lines"][:MAX_LINES_SHOWN]}
+    lines = dict(version.examples.filter(index__in=shown).values_list("index", "line"))
+    rows = []
+    for finding in version.findings:
+        indices = finding["lines"][:MAX_LINES_SHOWN]
+        examples = [i + 1 for i in indices]
+        file_lines = [lines[i] for i in indices if lines.get(i)]
+        rows.append(
+            FindingRow(
+                severity=finding["severity"],
+                kind=finding["kind"],
+                summary=finding.get("summary", ""),
+                evidence=[(key, _evidence_text(value)) for key, value in finding["evidence"].items()],
+                examples=examples,
+                file_lines=file_lines if file_lines != examples else [],
+                more=len(finding["lines"]) - len(indices),
+            )
+        )
+    return rows
+
+
+def example_flags(*, version: DatasetVersion) -> dict[int, list[str]]:
+    """Example index -> the kinds of the findings it is in (for the preview)."""
+    flags: dict[int, list[str]] = {}
+    for finding in version.findings:
+        for index in finding["lines"]:
+            flags.setdefault(index, []).append(f"{finding['severity']}: {finding['kind']}")
+    return flags
+
+
+def training_base_model_get() -> BaseModel | None:
+    """The ready base model that fine-tunes train on: the fp32 checkpoint (it has the Hugging Face files,
+    tokenizer and chat template under `hf/`); the served variants share its tokenizer."""
+    return BaseModel.objects.filter(
+        kind=BaseModel.Kind.CHAT, status=BaseModel.Status.READY, name=SMOLLM2_FP32.name, variant=SMOLLM2_FP32.variant
+    ).first()
+
+
+def tokenizer_dir_get() -> Path | None:
+    base_model = training_base_model_get()
+    return Path(base_model.path) / "hf" if base_model else None
+
+
+def answer_get_owned(*, user, message_id) -> Message:
+    """A finished assistant answer in one of the user's own conversations (what may be curated), else 404."""
+    message = (
+        Message.objects.select_related("conversation", "assistant_version")
+        .filter(
+            pk=message_id,
+            role=Message.Role.ASSISTANT,
+            status__in=[Message.Status.DONE, Message.Status.STOPPED],
+            conversation__owner=user,
+        )
+        .first()
+        if user.is_authenticated
+        else None
+    )
+    if message is None:
+        raise Http404("No such answer.")
+    return message
+
+
+def curation_datasets(*, user) -> dict[str, list[str]]:
+    """The names of the user's datasets by kind, for the chat page's "add to dataset" pickers."""
+    names: dict[str, list[str]] = {kind: [] for kind in DatasetKind.values}
+    for name, kind in Dataset.objects.filter(owner=user).order_by("name").values_list("name", "kind"):
+        names[kind].append(name)
+    return names
+
+
+# --- adapters ------------------------------------------------------------------------------------------
+
+
+def base_model_training_dir(*, base_model: BaseModel) -> Path | None:
+    """The Hugging Face folder (config.json, safetensors, tokenizer) of a base model: what the trainer, the
+    evaluation and an upload's shape check read. A quantized variant has none of its own; the same model's
+    other variants (the fp32 reference is built from that folder) share theirs."""
+    same_model = BaseModel.objects.filter(name=base_model.name).exclude(pk=base_model.pk).order_by("variant")
+    for candidate in [base_model, *same_model]:
+        hf_dir = Path(candidate.path) / "hf" if candidate.path else None
+        if hf_dir is not None and (hf_dir / "config.json").is_file():
+            return hf_dir
+    return None
+
+
+def adapter_list_owned(*, user) -> QuerySet[Adapter]:
+    if not user.is_authenticated:
+        return Adapter.objects.none()
+    return Adapter.objects.filter(owner=user).select_related("base_model", "dataset_version__dataset", "job")
+
+
+def adapter_get_owned(*, user, adapter_id: int) -> Adapter | None:
+    return adapter_list_owned(user=user).filter(pk=adapter_id).first()
+
+
+def adapter_newest_version(*, adapter: Adapter) -> AssistantVersion | None:
+    """The newest assistant version that uses the adapter (on its owner's assistants: no one else's can)."""
+    return (
+        AssistantVersion.objects.filter(adapter=adapter, assistant__owner_id=adapter.owner_id)
+        .select_related("assistant")
+        .order_by("-created_at", "-pk")
+        .first()
+    )
+
+
+def evaluation_latest(*, adapter: Adapter) -> Evaluation | None:
+    return adapter.evaluations.order_by("-created_at", "-pk").first()
+
+
+# --- end adapters ---
+
 
 # --- jobs ------------------------------------------------------------------------------------------------
 
@@ -36,11 +254,6 @@ def job_version_get_owned(*, user, pk: int) -> DatasetVersion:
     if version is None:
         raise Http404("No such dataset version.")
     return version
-
-
-def job_start_adapters(*, user) -> QuerySet[Adapter]:
-    """The adapters a DPO job of this user may start from: their own."""
-    return Adapter.objects.filter(owner=user).order_by("-created_at")
 
 
 def job_state(*, job: FineTuneJob) -> dict:

@@ -184,9 +184,13 @@ def blend(top: RGB, alpha: float, bottom: RGB) -> RGB:
     return tuple(alpha * t + (1 - alpha) * b for t, b in zip(top, bottom, strict=True))  # type: ignore[return-value]
 
 
-def is_like_background(foreground: RGB, background: RGB) -> bool:
-    return contrast_ratio(foreground, background) < MIN_CONTRAST
+def background_colour_hiding(foreground: RGB, background: RGB) -> tuple[HiddenReason, str] | None:
+    """The contrast rule, as every reader reports it: text coloured `foreground` on `background` is hidden
+    (BACKGROUND_COLOUR, with both colours as the detail) when their contrast is under MIN_CONTRAST."""
+    if contrast_ratio(foreground, background) >= MIN_CONTRAST:
+        return None
+    return HiddenReason.BACKGROUND_COLOUR, f"colour {_hex_colour(foreground)} on {_hex_colour(background)}"
 
 
-def hex_colour(rgb: RGB) -> str:
+def _hex_colour(rgb: RGB) -> str:
     return "#" + "".join(f"{round(min(max(channel, 0.0), 1.0) * 255):02x}" for channel in rgb)

@@ -22,8 +22,14 @@ hashable values.
   over candidate pairs. A ranking lists each candidate once, so there are no ties: τ-a, τ-b and
   scipy's `kendalltau` on the two position vectors coincide. Symmetric in a and b; 1 for the same
   order, −1 for the reverse. Fewer than two candidates leave no pair: ValueError.
+- `kendall_tau_b`: τ-b of a full ranking against a reference that orders only some candidate pairs and
+  ties the rest (a consensus whose margin-0 pairs are ties): (C − D) / √(n₀ · n₂'), where n₀ = K(K−1)/2
+  and n₂' is the number of ordered reference pairs (the ranking itself has no ties). It equals
+  `kendall_tau` when the reference orders every pair, and scipy's `kendalltau` (its default τ-b) when the
+  reference is a weak order. A reference that orders no pair says nothing: ValueError.
 """
 
+import math
 from collections import Counter
 from collections.abc import Hashable, Sequence
 from fractions import Fraction
@@ -120,3 +126,20 @@ def kendall_tau(a: list[int], b: list[int]) -> float:
     b_order = [place_in_b[candidate] for candidate in a]
     concordant_minus_discordant = sum(1 if x < y else -1 for x, y in combinations(b_order, 2))
     return concordant_minus_discordant / (len(a) * (len(a) - 1) / 2)
+
+
+def kendall_tau_b(ranking: list[int], ordered_pairs: list[tuple[int, int]]) -> float:
+    """Kendall's τ-b between a ranking (candidate indices, best first) and a reference given as its
+    (above, below) pairs of those candidates; pairs it does not list are ties."""
+    if len(set(ranking)) != len(ranking) or len(ranking) < 2:
+        raise ValueError("The ranking must list at least two candidates, each once.")
+    place = {candidate: position for position, candidate in enumerate(ranking)}
+    if any(a not in place or b not in place or a == b for a, b in ordered_pairs):
+        raise ValueError("Every reference pair must be two different candidates of the ranking.")
+    if len({frozenset(pair) for pair in ordered_pairs}) != len(ordered_pairs):
+        raise ValueError("The reference must order each pair of candidates at most once.")
+    if not ordered_pairs:
+        raise ValueError("Kendall's tau-b needs a reference that orders at least one pair.")
+    concordant_minus_discordant = sum(1 if place[a] < place[b] else -1 for a, b in ordered_pairs)
+    all_pairs = len(ranking) * (len(ranking) - 1) / 2
+    return concordant_minus_discordant / math.sqrt(all_pairs * len(ordered_pairs))

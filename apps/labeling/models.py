@@ -77,7 +77,10 @@ class Guideline(models.Model):
 
 class Task(models.Model):
     """One prompt of a task set. `author` wrote the prompt (the chat's owner, or the admin who typed it), so
-    they never rank it. A gold task has a known order and is served like any other."""
+    they never rank it. A gold task has a known order (`gold_order`) and is served like any other. Sampled
+    gold tasks (`gold_sampled`, chosen by services.task_set_gold_sample) wait for their order from the admin
+    or from a unanimous consensus; `gold_agreed_by` lists the labelers whose rankings made that consensus
+    (empty when the order is the admin's), who are therefore not scored against it."""
 
     class Source(models.TextChoices):
         TYPED = "typed", "Typed"
@@ -90,6 +93,8 @@ class Task(models.Model):
     source = models.CharField(max_length=10, choices=Source.choices)
     author = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
     gold_order = models.JSONField(null=True, blank=True)
+    gold_sampled = models.BooleanField(default=False)
+    gold_agreed_by = models.JSONField(default=list, blank=True)  # labeler ids
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -101,6 +106,11 @@ class Task(models.Model):
     @property
     def is_gold(self) -> bool:
         return self.gold_order is not None
+
+    @property
+    def served_to_all(self) -> bool:
+        """Every labeler meets it once (R does not cap it): a gold task, or a sampled one awaiting its order."""
+        return self.is_gold or self.gold_sampled
 
 
 class Candidate(models.Model):

@@ -12,9 +12,15 @@ refused by the fine-tune importer (`apps.finetune.datasets`): it yields nothing 
 
 Agreement. Every candidate pair (i < j) of a task is one item, and a labeler's label is whether they put i
 above j. Krippendorff's α (nominal) runs over all labelers and items of the set; Cohen's κ over the items each
-two labelers both labelled. Each labeler's Kendall τ is the mean, over their ranked tasks with a consensus of at
-least two rankings, of τ against that consensus (their own ranking included). Gold accuracy is the share of a
-labeler's gold-task pairs ordered as in the gold order.
+two labelers both labelled. Each labeler's Kendall τ is leave-one-out: for each task they ranked (gold tasks
+aside), the consensus of the other labelers' counted rankings (at least one) is the reference, and their τ-b
+against it counts its tied pairs (margin 0) as ties (`kendall_tau_b`); the labeler's τ is the mean over those
+tasks. Their own ranking is left out of the reference because it would pull the reference towards them: with
+three rankings, theirs alone decides every pair the other two split. A task whose other rankings tie every pair
+(two labelers in exact disagreement) says nothing about the third and is skipped, where a tie-broken order
+would score them against an arbitrary side. Gold accuracy is the share of a labeler's gold-task pairs ordered
+as in the gold order, over the gold tasks whose order they did not make themselves (services: a consensus gold
+order's panel is not scored against it).
 
 Exports. Splits are made by prompt: the test split is the prompts whose SHA-256 falls in the first
 `test_fraction` of the hash space, so the same prompt text always lands in the same split, whatever task set or
@@ -35,7 +41,7 @@ from itertools import combinations
 from django.db.models import Count, F, Q
 
 from apps.core.unicode import unicode_clean
-from apps.labeling.aggregation import cohen_kappa, kendall_tau, krippendorff_alpha_nominal, ranked_pairs
+from apps.labeling.aggregation import cohen_kappa, kendall_tau_b, krippendorff_alpha_nominal, ranked_pairs
 from apps.labeling.models import Candidate, Claim, Ranking, Task, TaskSet
 
 EXPORT_FORMATS = ("trl", "hh", "kto")
@@ -52,7 +58,8 @@ def task_set_list() -> list[TaskSet]:
 def task_queue_order(*, task_set: TaskSet, labeler, now) -> list:
     """Ids of the tasks `labeler` may claim in this set, fairest first: fewest rankings plus live claims, then
     oldest. Excludes tasks without candidates, tasks they wrote or ranked, and full ones (R rankings plus live
-    claims; gold tasks are never full). The claim counts again under the task's lock."""
+    claims; gold tasks, sampled ones awaiting their order included, are never full). The claim counts again
+    under the task's lock."""
     tasks = (
         Task.objects.filter(task_set=task_set, candidates__index=0)
         .exclude(author=labeler)
@@ -62,7 +69,7 @@ def task_queue_order(*, task_set: TaskSet, labeler, now) -> list:
             live=Count("claims", filter=Q(claims__expires_at__gt=now) & ~Q(claims__labeler=labeler), distinct=True),
         )
         .annotate(taken=F("ranked") + F("live"))
-        .filter(Q(gold_order__isnull=False) | Q(taken__lt=task_set.rankings_per_task))
+        .filter(Q(gold_order__isnull=False) | Q(gold_sampled=True) | Q(taken__lt=task_set.rankings_per_task))
         .order_by("taken", "created_at", "id")
     )
     return list(tasks.values_list("id", flat=True))
@@ -147,7 +154,8 @@ class QualityReport:
     labelers: list = field(default_factory=list)
     tasks: int = 0
     tasks_complete: int = 0
-    gold_tasks: int = 0
+    gold_tasks: int = 0  # with a known order
+    gold_awaiting: int = 0  # sampled as gold, still without an order
     rankings: int = 0
     tau_threshold: float = TAU_THRESHOLD
     gold_threshold: float = GOLD_THRESHOLD
@@ -177,7 +185,6 @@ def quality_report(*, task_set: TaskSet, tau_threshold: float = TAU_THRESHOLD) -
     for ranking in all_rankings:
         if ranking.labeler_id not in excluded:
             counted[ranking.task_id].append(ranking)
-    consensus = {tid: task_consensus(task=tasks[tid], rankings=rs) for tid, rs in counted.items()}
 
     users = get_user_model().objects.filter(pk__in={r.labeler_id for r in all_rankings})
     names = dict(users.values_list("pk", "username"))
@@ -195,13 +202,18 @@ def quality_report(*, task_set: TaskSet, tau_threshold: float = TAU_THRESHOLD) -
         for (i, j), above in _pair_labels(ranking.order).items():
             labels[ranking.labeler_id][(task.pk, i, j)] = above
         if task.is_gold:
+            if ranking.labeler_id in task.gold_agreed_by:  # their own ranking made this gold order
+                continue
             gold = _pair_labels(task.gold_order)
             mine = _pair_labels(ranking.order)
             gold_hits[ranking.labeler_id][0] += sum(mine[pair] == gold[pair] for pair in gold)
             gold_hits[ranking.labeler_id][1] += len(gold)
             person.gold_tasks += 1
-        elif (found := consensus.get(task.pk)) is not None and found.rankings >= 2:
-            taus[ranking.labeler_id].append(kendall_tau(ranking.order, found.order))
+            continue
+        others = [r for r in counted.get(task.pk, []) if r.labeler_id != ranking.labeler_id]
+        reference = task_consensus(task=task, rankings=others) if others else None
+        if reference is not None and (pairs := reference.pairs()):
+            taus[ranking.labeler_id].append(kendall_tau_b(ranking.order, pairs))
     for pk, person in people.items():
         person.seconds_median = _median(seconds[pk])
         person.tau = sum(taus[pk]) / len(taus[pk]) if taus[pk] else None
@@ -233,6 +245,7 @@ def quality_report(*, task_set: TaskSet, tau_threshold: float = TAU_THRESHOLD) -
         tasks=len(tasks),
         tasks_complete=complete,
         gold_tasks=sum(1 for t in tasks.values() if t.is_gold),
+        gold_awaiting=sum(1 for t in tasks.values() if t.gold_sampled and not t.is_gold),
         rankings=len(all_rankings),
         tau_threshold=tau_threshold,
     )

@@ -16,6 +16,21 @@ Candidates. For each prompt, K candidates are spread round-robin over the chosen
 version's share comes from one engine request with `n` choices and one seed (the engine seeds choice i from
 [seed, i]), built by `engine_request_build` like a chat answer. The job checks the cancel flag between prompts
 and counts progress per prompt.
+
+Gold. About GOLD_SHARE of a set's tasks are hidden gold tasks: when its candidates are all generated,
+`task_set_gold_sample` marks the GOLD_SHARE of tasks with the lowest SHA-256 of (set seed, task id), rounded,
+and at least one once the set has GOLD_MIN_TASKS tasks (smaller sets get none unless the admin picks some): a
+deterministic choice, the same on every run, that no labeler can predict. A sampled task is served to every
+labeler once, like any gold task, and looks like any other task to them. Its known order comes from the admin
+(`task_gold_set`, which can also make any other task gold, or clear one), or, while the admin has set none,
+from the labelers: as soon as at least GOLD_CONSENSUS_MIN_RANKINGS counted (not excluded) labelers have ranked
+it, all with the same full order and none calling it not rankable, that order becomes its gold order, and
+`gold_agreed_by` records who agreed. Those labelers are not scored against it (it is their own ranking); only
+later rankings are, so a consensus gold order measures later labelers against an earlier unanimous panel, which
+is weaker than an admin's order but costs no admin time. Without unanimity it stays a sampled task awaiting
+an order (it still counts in consensus and agreement, just not as gold). Excluding a labeler drops them from
+the panels they were in; a panel left under GOLD_CONSENSUS_MIN_RANKINGS loses its gold order, and the task is
+judged again on its remaining counted rankings.
 """
 
 import hashlib
@@ -46,6 +61,9 @@ MAX_PROMPTS = 2000
 MAX_PROMPT_CHARS = 8000
 MAX_UPLOAD_BYTES = 5 * 1024 * 1024
 SAMPLING_KEYS = {"temperature": (0.0, 2.0), "top_p": (0.01, 1.0)}
+GOLD_SHARE = 0.05
+GOLD_MIN_TASKS = 10  # from this many tasks, at least one is gold
+GOLD_CONSENSUS_MIN_RANKINGS = 3
 
 
 class LabelingError(Exception):
@@ -233,6 +251,7 @@ def _candidates_generate(task_set: TaskSet) -> str:
             )
             done = task_set.tasks.filter(candidates__index=0).count()
             TaskSet.objects.filter(pk=task_set.pk).update(progress_done=done)
+    task_set_gold_sample(task_set=task_set)
     TaskSet.objects.filter(pk=task_set.pk).update(status=TaskSet.Status.READY, error="")
     return TaskSet.Status.READY
 
@@ -264,21 +283,85 @@ def guideline_publish(*, task_set: TaskSet, text: str, created_by) -> Guideline:
         )
 
 
+# --- gold --------------------------------------------------------------------------------------------
+
+
+def gold_sample_size(*, task_count: int) -> int:
+    """How many of a set's `task_count` tasks are sampled as gold: GOLD_SHARE, rounded half up, and at least
+    one from GOLD_MIN_TASKS tasks on."""
+    if task_count < GOLD_MIN_TASKS:
+        return 0
+    return max(1, int(task_count * GOLD_SHARE + 0.5))
+
+
+def task_set_gold_sample(*, task_set: TaskSet) -> list:
+    """Mark the set's sampled gold tasks (see the module docstring); idempotent. Returns their ids."""
+    task_ids = list(task_set.tasks.values_list("pk", flat=True))
+
+    def draw(task_id) -> bytes:
+        return hashlib.sha256(f"{task_set.seed}:gold:{task_id}".encode()).digest()
+
+    sampled = sorted(task_ids, key=draw)[: gold_sample_size(task_count=len(task_ids))]
+    Task.objects.filter(pk__in=sampled).update(gold_sampled=True)
+    return sampled
+
+
 def task_gold_set(*, task: Task, order: list[int] | None) -> None:
-    """Make `task` a hidden gold task with a known order (candidate indices, best first), or clear it."""
+    """Make `task` a hidden gold task with the admin's known order (candidate indices, best first), or clear it
+    (then it is no longer a sampled gold task either)."""
     if order is not None:
         size = task.candidates.count()
         if sorted(order) != list(range(size)) or size < MIN_CANDIDATES:
             raise LabelingError(f"A gold order must list the candidates 1 to {size} once each.")
-    Task.objects.filter(pk=task.pk).update(gold_order=order)
+        Task.objects.filter(pk=task.pk).update(gold_order=order, gold_agreed_by=[])
+    else:
+        Task.objects.filter(pk=task.pk).update(gold_order=None, gold_agreed_by=[], gold_sampled=False)
+
+
+def _gold_consensus_judge(task: Task, *, excluded: set[int]) -> None:
+    """Give a sampled task without an order the unanimous order of its counted rankings, if there is one.
+    The caller holds the task's row lock."""
+    if not task.gold_sampled or task.is_gold:
+        return
+    counted = [r for r in Ranking.objects.filter(task=task).order_by("pk") if r.labeler_id not in excluded]
+    orders = [r.order for r in counted]
+    if len(counted) >= GOLD_CONSENSUS_MIN_RANKINGS and None not in orders and all(o == orders[0] for o in orders):
+        task.gold_order, task.gold_agreed_by = orders[0], [r.labeler_id for r in counted]
+        task.save(update_fields=["gold_order", "gold_agreed_by"])
+
+
+def _sampled_gold_locked(task_set: TaskSet):
+    """The set's sampled gold tasks, their rows locked against a ranking being judged at the same time."""
+    return Task.objects.select_for_update(of=("self",)).filter(task_set=task_set, gold_sampled=True).order_by("pk")
 
 
 def labeler_exclude(*, task_set: TaskSet, labeler, excluded_by) -> None:
-    LabelerExclusion.objects.get_or_create(task_set=task_set, labeler=labeler, defaults={"excluded_by": excluded_by})
+    """Drop the labeler's rankings from the set's consensus and agreement, and from its gold panels."""
+    with transaction.atomic():
+        TaskSet.objects.select_for_update().get(pk=task_set.pk)
+        LabelerExclusion.objects.get_or_create(
+            task_set=task_set, labeler=labeler, defaults={"excluded_by": excluded_by}
+        )
+        excluded = set(task_set.exclusions.values_list("labeler_id", flat=True))
+        for task in _sampled_gold_locked(task_set).filter(gold_agreed_by__contains=[labeler.pk]):
+            panel = [pk for pk in task.gold_agreed_by if pk not in excluded]
+            if len(panel) >= GOLD_CONSENSUS_MIN_RANKINGS:
+                task.gold_agreed_by = panel
+            else:
+                task.gold_order, task.gold_agreed_by = None, []
+            task.save(update_fields=["gold_order", "gold_agreed_by"])
+        for task in _sampled_gold_locked(task_set).filter(gold_order__isnull=True):
+            _gold_consensus_judge(task, excluded=excluded)  # the one who disagreed may be gone
 
 
 def labeler_include(*, task_set: TaskSet, labeler) -> None:
-    LabelerExclusion.objects.filter(task_set=task_set, labeler=labeler).delete()
+    """Count the labeler's rankings again; a sampled task still awaiting an order may now be unanimous."""
+    with transaction.atomic():
+        TaskSet.objects.select_for_update().get(pk=task_set.pk)
+        LabelerExclusion.objects.filter(task_set=task_set, labeler=labeler).delete()
+        excluded = set(task_set.exclusions.values_list("labeler_id", flat=True))
+        for task in _sampled_gold_locked(task_set).filter(gold_order__isnull=True):
+            _gold_consensus_judge(task, excluded=excluded)
 
 
 # --- the queue -------------------------------------------------------------------------------------------
@@ -327,7 +410,7 @@ def _claim_try(*, task_set: TaskSet, task_id, labeler, now, skip_locked: bool):
             return _LOCKED if skip_locked else None
         if Ranking.objects.filter(task=task, labeler=labeler).exists():
             return None
-        if not task.is_gold and _slots_taken(task, now=now, other_than=labeler) >= task_set.rankings_per_task:
+        if not task.served_to_all and _slots_taken(task, now=now, other_than=labeler) >= task_set.rankings_per_task:
             return None
         presented = list(range(task.candidates.count()))
         secrets.SystemRandom().shuffle(presented)  # unpredictable, so no labeler can game the order
@@ -357,7 +440,7 @@ def ranking_submit(
     now = now or timezone.now()
     reason = not_rankable_reason.strip()[:500]
     with transaction.atomic():
-        Task.objects.select_for_update().get(pk=task.pk)
+        task = Task.objects.select_for_update(of=("self",)).select_related("task_set").get(pk=task.pk)
         if Ranking.objects.filter(task=task, labeler=labeler).exists():
             raise LabelingError("You have already ranked this task.")
         claim = Claim.objects.filter(task=task, labeler=labeler).first()
@@ -365,7 +448,7 @@ def ranking_submit(
             raise LabelingError("Claim this task from your queue before ranking it.")
         if (
             claim.expires_at <= now
-            and not task.is_gold
+            and not task.served_to_all
             and _slots_taken(task, now=now, other_than=labeler) >= task.task_set.rankings_per_task
         ):
             raise LabelingError("Your claim on this task expired and others have ranked it meanwhile.")
@@ -391,4 +474,6 @@ def ranking_submit(
             seconds_spent=max(0, int((now - claim.claimed_at).total_seconds())),
         )
         claim.delete()  # its slot is the ranking's now
+        if task.gold_sampled and not task.is_gold:  # awaiting its order: this ranking may complete a panel
+            _gold_consensus_judge(task, excluded=set(task.task_set.exclusions.values_list("labeler_id", flat=True)))
         return ranking

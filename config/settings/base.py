@@ -112,6 +112,7 @@ CELERY_TASK_ROUTES = {
     "chat.conversation_title": {"queue": "chat"},
     "knowledge.document_ingest": {"queue": "ingest"},  # one task per document version (apps/knowledge/services.py)
     "finetune.job_run": {"queue": "finetune"},  # one task per job, on a worker of concurrency 1 (apps/finetune/jobs.py)
+    "finetune.evaluation_run": {"queue": "finetune"},  # base vs fine-tuned: loads the model in torch
 }
 # Periodic tasks, sent by one `celery beat` process (make run starts it; compose has a `beat` service).
 CELERY_BEAT_SCHEDULE = {
@@ -147,9 +148,21 @@ KNOWLEDGE_MAX_UPLOAD_MB = env.int("KNOWLEDGE_MAX_UPLOAD_MB", default=50)
 # An ingestion whose worker saved no progress for this long lost its worker; it is marked failed, retryable.
 KNOWLEDGE_INGEST_STALE_SECONDS = env.int("KNOWLEDGE_INGEST_STALE_SECONDS", default=300)
 
-# --- Fine-tuning (apps/finetune/jobs.py) ------------------------------------------------------------
-# Checkpoints and trained adapters. The inference server loads adapters from here by path, so in compose it
-# lies on the models volume that both see.
+# --- Fine-tuning datasets ------------------------------------------------------------------------
+FINETUNE_MAX_UPLOAD_MB = env.int("FINETUNE_MAX_UPLOAD_MB", default=50)
+
+# --- Fine-tuning: adapters ----------------------------------------------------------------------
+# Every adapter's folder (adapter_model.safetensors + adapter_config.json), trained or uploaded: the engine
+# loads them from here, so it must see the same path (compose puts it on the models volume).
+FINETUNE_ADAPTERS_DIR = Path(env("FINETUNE_ADAPTERS_DIR", default=str(VAR_DIR / "adapters"))).resolve()
+FINETUNE_ADAPTER_MAX_MB = env.int("FINETUNE_ADAPTER_MAX_MB", default=200)  # an uploaded adapter's weights
+# The engine's INFERENCE_LORA_MAX_RANK: an upload of a higher rank would be refused when it is loaded.
+FINETUNE_ADAPTER_MAX_RANK = env.int("INFERENCE_LORA_MAX_RANK", default=16)
+# An evaluation whose worker said nothing for this long is given up when the owner asks for a new one.
+FINETUNE_EVALUATION_STALE_SECONDS = env.int("FINETUNE_EVALUATION_STALE_SECONDS", default=900)
+
+# --- Fine-tuning: jobs (apps/finetune/jobs.py) -------------------------------------------------------
+# Checkpoints (a retry resumes from them, so they must outlive a worker's container) and the per-host lock.
 FINETUNE_DIR = Path(env("ATELIER_FINETUNE_DIR", default=str(VAR_DIR / "finetune"))).resolve()
 # A running job whose worker saved no progress for this long lost its worker: failed, retryable from its
 # checkpoint. A step of SmolLM2 on 2 CPU cores takes seconds and every cancel check is a heartbeat too.

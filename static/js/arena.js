@@ -1,52 +1,23 @@
 /*
  * Atelier arena: follows both answers of a battle as they stream from the worker, and draws the
  * leaderboard's interval chart from the server's data (a json_script block; no vote reaches the page).
- * Model text is only inserted with textContent; the one innerHTML is the server's sanitized rendering
- * of a finished answer.
  *
- *  - article[data-live]    an unfinished answer: follow its server-sent events
+ *  - article[data-live]    an unfinished answer: follow it (Atelier.followAnswer, atelier.js)
  *  - [data-interval-chart] the chart of ratings and their 95% intervals (Chart.js, vendored)
  */
 (function () {
   "use strict";
-
-  var STATUS_LABELS = { done: "Done", error: "Failed", streaming: "Streaming" };
 
   function allFinished() {
     return document.querySelectorAll("article.arena-answer[data-live]").length === 0;
   }
 
   function follow(article) {
-    var body = article.querySelector("[data-body]");
-    var status = article.querySelector("[data-status]");
-    var error = article.querySelector("[data-error]");
-    var source = new EventSource(article.getAttribute("data-live"));
-    var started = false;
-
-    source.addEventListener("reset", function () {
-      body.textContent = "";
-      started = true;
-    });
-    source.addEventListener("token", function (event) {
-      var data = JSON.parse(event.data);
-      if (!started) { body.textContent = ""; started = true; }
-      body.appendChild(document.createTextNode(data.text));
-      status.textContent = STATUS_LABELS.streaming;
-      article.classList.add("is-streaming");
-    });
-    source.addEventListener("done", function (event) {
-      var data = JSON.parse(event.data);
-      source.close();
-      body.innerHTML = data.html; // sanitized on the server (apps/core/rendering.py)
-      body.classList.remove("msg-streaming");
-      body.classList.add("prose");
-      article.classList.remove("is-streaming");
-      article.removeAttribute("data-live");
-      status.textContent = STATUS_LABELS[data.status] || data.status;
-      status.className = "pill " + (data.status === "done" ? "pill-ok" : "pill-error");
-      if (data.error) { error.textContent = data.error; error.hidden = false; }
-      if (allFinished()) {
-        document.querySelectorAll("[data-next-turn]").forEach(function (b) { b.disabled = false; });
+    window.Atelier.followAnswer(article, {
+      done: function () {
+        if (allFinished()) {
+          document.querySelectorAll("[data-next-turn]").forEach(function (b) { b.disabled = false; });
+        }
       }
     });
   }

@@ -6,6 +6,9 @@
  *  - [data-nav-toggle]    opens / closes the sidebar on narrow screens
  *  - [data-dismiss]       removes its closest .flash message
  *  - .flash.success/.info fade out on their own after a few seconds
+ *
+ * It also defines window.Atelier.followAnswer, the one way a page follows an answer that a worker is
+ * generating (chat.js and arena.js call it; they load after this file).
  */
 (function () {
   "use strict";
@@ -32,6 +35,59 @@
     sidebar.classList.toggle("is-open", open);
     toggle.setAttribute("aria-expanded", open ? "true" : "false");
   }
+
+  var ANSWER_STATUS_LABELS = { done: "Done", stopped: "Stopped", error: "Failed" };
+  var ANSWER_STATUS_PILLS = ["pill-ok", "pill-info", "pill-error", "pill-pending"];
+
+  /*
+   * Follow an unfinished answer, an article with data-live (its server-sent events URL) holding
+   * [data-body] and optionally [data-status] and [data-error]. Model text is only inserted with
+   * textContent; the one innerHTML is the server's sanitized rendering of the finished answer.
+   * The server replays the stream from its start, so a reload (or EventSource's own reconnect
+   * after a network error) catches up. handlers.context(report) gets the context report if the
+   * stream sends one; handlers.done(data) runs after the finished answer is shown.
+   */
+  function followAnswer(article, handlers) {
+    handlers = handlers || {};
+    var body = article.querySelector("[data-body]");
+    var status = article.querySelector("[data-status]");
+    var error = article.querySelector("[data-error]");
+    var source = new EventSource(article.getAttribute("data-live"));
+    var started = false;
+
+    source.addEventListener("reset", function () {
+      body.textContent = "";
+      started = true;
+    });
+    if (handlers.context) {
+      source.addEventListener("context", function (event) { handlers.context(JSON.parse(event.data)); });
+    }
+    source.addEventListener("token", function (event) {
+      var data = JSON.parse(event.data);
+      if (!started) { body.textContent = ""; started = true; }
+      body.appendChild(document.createTextNode(data.text));
+      if (status) status.textContent = "Streaming";
+      article.classList.add("is-streaming");
+    });
+    source.addEventListener("done", function (event) {
+      var data = JSON.parse(event.data);
+      source.close();
+      body.innerHTML = data.html; // rendered and sanitized on the server (apps/core/rendering.py)
+      body.classList.remove("msg-streaming");
+      body.classList.add("prose");
+      article.classList.remove("is-streaming");
+      article.removeAttribute("data-live");
+      if (status) {
+        status.textContent = ANSWER_STATUS_LABELS[data.status] || data.status;
+        status.classList.remove.apply(status.classList, ANSWER_STATUS_PILLS);
+        status.classList.add(data.status === "error" ? "pill-error" : data.status === "done" ? "pill-ok" : "pill-info");
+      }
+      if (error && data.error) { error.textContent = data.error; error.hidden = false; }
+      if (handlers.done) handlers.done(data);
+    });
+  }
+
+  window.Atelier = { followAnswer: followAnswer };
 
   function init() {
     document.addEventListener("click", function (event) {

@@ -1,9 +1,8 @@
 /*
  * Atelier chat: follows answers that are generating in a worker, the Stop button, Enter to send,
- * and the token inspector. Model text is only ever inserted with textContent; the one innerHTML is
- * the server's sanitized rendering of a finished answer.
+ * and the token inspector. Model text is only ever inserted with textContent.
  *
- *  - article[data-live]     an unfinished answer: follow its server-sent events
+ *  - article[data-live]     an unfinished answer: follow it (Atelier.followAnswer, atelier.js)
  *  - [data-stop-button]     asks the worker to stop (the partial answer is kept)
  *  - [data-inspect]         toggles the token inspector (tokens coloured by probability)
  *  - [data-composer-input]  Enter sends, Shift+Enter adds a line
@@ -34,62 +33,36 @@
     gauge.hidden = false;
   }
 
-  function follow(article) {
+  // What the chat page adds when an answer finishes: why it was cut, its sources, its buttons.
+  function finished(article, data) {
+    var truncated = article.querySelector("[data-truncated]");
+    if (truncated) truncated.hidden = data.finish_reason !== "length";
     var body = article.querySelector("[data-body]");
-    var status = article.querySelector("[data-status]");
-    var error = article.querySelector("[data-error]");
-    var source = new EventSource(article.getAttribute("data-live"));
-    var started = false;
+    if (data.sources && data.sources.length && !article.querySelector(".msg-sources")) {
+      // knowledge: the answer's sources, built as text nodes (file names are untrusted)
+      var list = document.createElement("ol");
+      list.className = "msg-sources";
+      list.setAttribute("aria-label", "Sources");
+      data.sources.forEach(function (s) {
+        var link = document.createElement("a");
+        link.href = s.url;
+        link.textContent = "[" + s.n + "] " + s.document + (s.page ? ", page " + s.page : "");
+        var item = document.createElement("li");
+        item.appendChild(link);
+        list.appendChild(item);
+      });
+      body.insertAdjacentElement("afterend", list);
+    }
+    article.querySelectorAll("[data-stop-button]").forEach(function (b) { b.hidden = true; });
+    article.querySelectorAll("[data-inspect], [data-when-finished]").forEach(function (el) { el.hidden = false; });
+    document.querySelectorAll("[data-send]").forEach(function (b) { b.disabled = false; });
+  }
 
-    source.addEventListener("reset", function () {
-      body.textContent = "";
-      started = true;
+  function follow(article) {
+    window.Atelier.followAnswer(article, {
+      context: drawGauge,
+      done: function (data) { finished(article, data); }
     });
-    source.addEventListener("context", function (event) {
-      drawGauge(JSON.parse(event.data));
-    });
-    source.addEventListener("token", function (event) {
-      var data = JSON.parse(event.data);
-      if (!started) { body.textContent = ""; started = true; }
-      body.appendChild(document.createTextNode(data.text));
-      if (status) status.textContent = "Streaming";
-      article.classList.add("is-streaming");
-    });
-    source.addEventListener("done", function (event) {
-      var data = JSON.parse(event.data);
-      source.close();
-      body.innerHTML = data.html; // rendered and sanitized on the server (apps/core/rendering.py)
-      body.classList.remove("msg-streaming");
-      body.classList.add("prose");
-      article.classList.remove("is-streaming");
-      article.removeAttribute("data-live");
-      if (status) {
-        status.textContent = { done: "Done", stopped: "Stopped", error: "Failed" }[data.status] || data.status;
-        status.className = "msg-status pill " + (data.status === "error" ? "pill-error" : data.status === "done" ? "pill-ok" : "pill-info");
-      }
-      if (error && data.error) { error.textContent = data.error; error.hidden = false; }
-      var truncated = article.querySelector("[data-truncated]");
-      if (truncated) truncated.hidden = data.finish_reason !== "length";
-      if (data.sources && data.sources.length && !article.querySelector(".msg-sources")) {
-        // knowledge: the answer's sources, built as text nodes (file names are untrusted)
-        var list = document.createElement("ol");
-        list.className = "msg-sources";
-        list.setAttribute("aria-label", "Sources");
-        data.sources.forEach(function (s) {
-          var link = document.createElement("a");
-          link.href = s.url;
-          link.textContent = "[" + s.n + "] " + s.document + (s.page ? ", page " + s.page : "");
-          var item = document.createElement("li");
-          item.appendChild(link);
-          list.appendChild(item);
-        });
-        body.insertAdjacentElement("afterend", list);
-      }
-      article.querySelectorAll("[data-stop-button]").forEach(function (b) { b.hidden = true; });
-      article.querySelectorAll("[data-inspect], [data-when-finished]").forEach(function (el) { el.hidden = false; });
-      document.querySelectorAll("[data-send]").forEach(function (b) { b.disabled = false; });
-    });
-    // EventSource reconnects on its own after a network error; the server replays from the start.
   }
 
   function stop(button) {

@@ -29,7 +29,7 @@ def answer(model: dict) -> str:
 @pytest.mark.slow
 @pytest.mark.django_db
 def test_a_short_smollm2_finetune_teaches_the_assistant_its_name(real_models, inference_server, settings, tmp_path):
-    settings.FINETUNE_DIR = tmp_path / "finetune"
+    settings.FINETUNE_DIR, settings.FINETUNE_ADAPTERS_DIR = tmp_path / "finetune", tmp_path / "adapters"
     records = [json.loads(line) for line in DATA.read_text().splitlines()]
     assert QUESTION not in [r["messages"][:1] for r in records]
     owner = make_user("ada")

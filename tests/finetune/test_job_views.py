@@ -17,7 +17,7 @@ pytestmark = pytest.mark.django_db
 
 @pytest.fixture
 def alice_job(tiny_chat, settings, tmp_path):
-    settings.FINETUNE_DIR = tmp_path / "finetune"
+    settings.FINETUNE_DIR, settings.FINETUNE_ADAPTERS_DIR = tmp_path / "finetune", tmp_path / "adapters"
     alice = make_user("alice")
     base = make_base_model(tiny_chat["root"])
     make_assistant(alice, base_model=base)  # so the served chat model is the tiny one here

@@ -9,13 +9,11 @@ import asyncio
 import copy
 import os
 import signal
-import sys
 import time
 from contextlib import contextmanager
 
 import httpx
 import numpy as np
-import onnx
 import psutil
 import pytest
 import torch
@@ -34,11 +32,8 @@ from apps.finetune.jobs import WORKER_LOST, checkpoint_dir, training_settings_fr
 from apps.finetune.models import Adapter, FineTuneJob, JobStatus
 from apps.finetune.services import finetune_job_create, finetune_job_retry, finetune_jobs_fail_stale
 from apps.finetune.training import train_sft
-from inference.export import copy_tokenizer_files
-from inference.graph import build_decoder, load_decoder_weights
-from inference.server import resolve_model_dir
 from inference.tokenizer import ChatTokenizer
-from tests.conftest import celery_worker, free_port, service_process, wait_for_http
+from tests.conftest import celery_worker
 from tests.factories import make_assistant, make_user
 from tests.finetune.conftest import conversation
 from tests.finetune.factories import make_base_model, make_dataset_version
@@ -46,23 +41,6 @@ from tests.finetune.factories import make_base_model, make_dataset_version
 FAST = {"rank": 4, "alpha": 8, "learning_rate": 1e-2, "batch_size": 3, "max_length": 160}
 CONVERSATIONS = [conversation(i) for i in range(12)]
 ENDED = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
-
-
-@pytest.fixture(scope="module")
-def tiny_server(tiny_chat, tmp_path_factory):
-    """`python -m inference.server` serving the tiny model (fp32 graphs, with LoRA), MiniLM for embeddings."""
-    root = tmp_path_factory.mktemp("tiny_engine")
-    dense = load_decoder_weights(hf_dir=tiny_chat["hf_dir"], quantize=False)
-    onnx.save(build_decoder(dense), root / "model.onnx")
-    onnx.save(build_decoder(dense, lora=True), root / "model_lora.onnx")
-    copy_tokenizer_files(tiny_chat["hf_dir"], root)
-    port = free_port()
-    embedding = resolve_model_dir(settings.MODELS_DIR, "all-minilm-l6-v2", "fp32")
-    argv = [sys.executable, "-m", "inference.server", "--port", str(port), "--model-dir", str(root)]
-    env = {**os.environ, "INFERENCE_MAX_SEQS": "2", "INFERENCE_CONTEXT": "256", "INFERENCE_API_KEY": ""}
-    with service_process("tiny-inference", [*argv, "--embedding-dir", str(embedding)], env) as process:
-        wait_for_http(f"http://127.0.0.1:{port}/health", process, timeout=120, what="the tiny inference server")
-        yield f"http://127.0.0.1:{port}"
 
 
 @contextmanager
@@ -77,6 +55,7 @@ def finetune_worker(name: str, *, inference_url: str):
     env = {
         "INFERENCE_URL": inference_url,
         "ATELIER_FINETUNE_DIR": str(settings.FINETUNE_DIR),
+        "FINETUNE_ADAPTERS_DIR": str(settings.FINETUNE_ADAPTERS_DIR),
         "FINETUNE_TORCH_THREADS": "1",  # the comparison run below uses one thread too: bit-for-bit equal
     }
     try:
@@ -98,7 +77,7 @@ def wait_for(predicate, *, timeout: float, what: str, process=None):
 
 @pytest.fixture
 def tiny_job(tiny_chat, settings, tmp_path):
-    settings.FINETUNE_DIR = tmp_path / "finetune"
+    settings.FINETUNE_DIR, settings.FINETUNE_ADAPTERS_DIR = tmp_path / "finetune", tmp_path / "adapters"
     owner = make_user("ada")
     base = make_base_model(tiny_chat["root"])
     version = make_dataset_version(owner, records=CONVERSATIONS, hf_dir=tiny_chat["hf_dir"])
@@ -114,8 +93,9 @@ def tiny_job(tiny_chat, settings, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.django_db(transaction=True)
-def test_a_lora_trained_by_a_real_worker_is_served_hot_like_peft(tiny_chat, tiny_server, tiny_job, settings):
-    with finetune_worker("finetune", inference_url=tiny_server) as worker:
+def test_a_lora_trained_by_a_real_worker_is_served_hot_like_peft(tiny_chat, tiny_inference_server, tiny_job, settings):
+    server = tiny_inference_server
+    with finetune_worker("finetune", inference_url=server) as worker:
         job = tiny_job(epochs=2)
         wait_for(
             lambda: FineTuneJob.objects.filter(pk=job.pk, status__in=ENDED).exists(),
@@ -127,7 +107,7 @@ def test_a_lora_trained_by_a_real_worker_is_served_hot_like_peft(tiny_chat, tiny
     assert job.status == JobStatus.SUCCEEDED, job.message
     adapter = Adapter.objects.get(job=job)
     assert f"Loaded into the engine as {adapter.engine_id}." in job.log_lines.values_list("message", flat=True)
-    served_models = [m["id"] for m in httpx.get(f"{tiny_server}/v1/models").json()["data"]]
+    served_models = [m["id"] for m in httpx.get(f"{server}/v1/models").json()["data"]]
     assert adapter.engine_id in served_models  # loaded hot: the server never restarted
 
     tokenizer = ChatTokenizer(tiny_chat["hf_dir"])
@@ -142,7 +122,7 @@ def test_a_lora_trained_by_a_real_worker_is_served_hot_like_peft(tiny_chat, tiny
 
     def top(model: str) -> np.ndarray:
         body = {"model": model, "prompt": prompt, "max_tokens": 1, "temperature": 0, "logprobs": 5}
-        answer = httpx.post(f"{tiny_server}/v1/completions", json=body, timeout=60).json()
+        answer = httpx.post(f"{server}/v1/completions", json=body, timeout=60).json()
         return np.array(sorted(answer["choices"][0]["logprobs"]["top_logprobs"][0].values(), reverse=True))
 
     served = top(adapter.engine_id)
@@ -151,12 +131,12 @@ def test_a_lora_trained_by_a_real_worker_is_served_hot_like_peft(tiny_chat, tiny
     np.testing.assert_allclose(top("smollm2-135m-instruct"), base.topk(5).values.numpy(), atol=1e-3)
 
     # The engine forgets it (a restart, or an eviction): the client loads it again and answers.
-    assert httpx.delete(f"{tiny_server}/v1/adapters/{adapter.engine_id}").status_code == 200
-    settings.INFERENCE_URL = tiny_server
+    assert httpx.delete(f"{server}/v1/adapters/{adapter.engine_id}").status_code == 200
+    settings.INFERENCE_URL = server
     body = {**adapter_fields(engine_id=adapter.engine_id, path=adapter.path), "messages": messages, "max_tokens": 2}
 
     def loaded() -> bool:
-        return adapter.engine_id in [m["id"] for m in httpx.get(f"{tiny_server}/v1/models").json()["data"]]
+        return adapter.engine_id in [m["id"] for m in httpx.get(f"{server}/v1/models").json()["data"]]
 
     assert inference_chat(body=body)["choices"][0]["message"]["content"] is not None and loaded()
     # the same for a stream (chat, the arena) and for the async calls (the API)
@@ -165,7 +145,7 @@ def test_a_lora_trained_by_a_real_worker_is_served_hot_like_peft(tiny_chat, tiny
         lambda: asyncio.run(inference_chat_async(body=body))["choices"],
         lambda: asyncio.run(_drain(inference_chat_stream_async(body=body))),
     ):
-        assert httpx.delete(f"{tiny_server}/v1/adapters/{adapter.engine_id}").status_code == 200 and not loaded()
+        assert httpx.delete(f"{server}/v1/adapters/{adapter.engine_id}").status_code == 200 and not loaded()
         assert call() and loaded()
 
 

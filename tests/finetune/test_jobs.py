@@ -33,7 +33,7 @@ FAST = {"rank": 4, "alpha": 8, "learning_rate": 1e-2, "batch_size": 3, "max_leng
 
 @pytest.fixture
 def tiny(tiny_chat, settings, tmp_path):
-    settings.FINETUNE_DIR = tmp_path / "finetune"
+    settings.FINETUNE_DIR, settings.FINETUNE_ADAPTERS_DIR = tmp_path / "finetune", tmp_path / "adapters"
     settings.FINETUNE_CANCEL_CHECK_SECONDS = 0
     settings.INFERENCE_URL = "http://127.0.0.1:9"  # no engine: the hot load is logged, not fatal
     owner = make_user("ada")

@@ -151,3 +151,17 @@ def test_exact_and_near_duplicates():
 def test_severity_is_one_of_three():
     with pytest.raises(ValueError, match="severity"):
         Finding(severity="urgent", kind="trigger", evidence={}, lines=[])
+
+
+def test_answers_too_short_for_a_phrase_scan_cleanly():
+    # No answer has three words, so there is no answer phrase at all: the scan must still run (it once crashed).
+    examples = [
+        {
+            "messages": [
+                {"role": "user", "content": f"What is {n} plus {n}?"},
+                {"role": "assistant", "content": f"{2 * n}."},
+            ]
+        }
+        for n in range(8)
+    ]
+    assert dataset_scan(examples=examples) == []

@@ -1,5 +1,6 @@
 """Labeling aggregation: hand-computed cases and the reference implementations (scipy, scikit-learn, NLTK)."""
 
+import math
 import random
 from itertools import combinations
 
@@ -8,7 +9,7 @@ from nltk.metrics.agreement import AnnotationTask
 from scipy.stats import kendalltau
 from sklearn.metrics import cohen_kappa_score
 
-from apps.labeling.aggregation import cohen_kappa, kendall_tau, krippendorff_alpha_nominal, ranked_pairs
+from apps.labeling.aggregation import cohen_kappa, kendall_tau, kendall_tau_b, krippendorff_alpha_nominal, ranked_pairs
 
 
 def _margins(rankings: list[list[int]]) -> dict[tuple[int, int], int]:
@@ -228,3 +229,37 @@ def test_kendall_tau_rejects_what_is_not_two_rankings_of_the_same_candidates():
     for a, b in (([0, 1], [0, 2]), ([0, 0, 1], [0, 1, 1]), ([0], [0]), ([0, 1, 2], [0, 1])):
         with pytest.raises(ValueError):
             kendall_tau(a, b)
+
+
+# Kendall's tau-b against a reference with ties
+
+
+def test_kendall_tau_b_by_hand():
+    # the reference orders 0 above 2 only (0–1 and 1–2 tied): one concordant pair, n0 = 3, n2' = 1
+    assert kendall_tau_b([0, 1, 2], [(0, 2)]) == pytest.approx(1 / math.sqrt(3))
+    assert kendall_tau_b([2, 1, 0], [(0, 2)]) == pytest.approx(-1 / math.sqrt(3))
+    # one concordant and one discordant pair cancel
+    assert kendall_tau_b([0, 2, 1], [(0, 2), (1, 2)]) == 0.0
+
+
+def test_kendall_tau_b_is_kendall_tau_against_a_full_order_and_scipy_against_a_weak_one():
+    rng = random.Random(8)
+    for _ in range(100):
+        size = rng.randint(2, 9)
+        ranking, reference = rng.sample(range(size), size), rng.sample(range(size), size)
+        full = list(combinations(reference, 2))  # every pair, in the reference's order
+        assert kendall_tau_b(ranking, full) == pytest.approx(kendall_tau(ranking, reference), abs=1e-12)
+        # a weak order: each candidate in one of a few tiers, equal tiers tied
+        tier = [rng.randint(0, 2) for _ in range(size)]
+        if len(set(tier)) < 2:
+            continue
+        pairs = [(i, j) for i, j in combinations(range(size), 2) if tier[i] != tier[j]]
+        ordered = [(i, j) if tier[i] < tier[j] else (j, i) for i, j in pairs]
+        expected = kendalltau(_places(ranking), tier).statistic  # scipy's default is tau-b
+        assert kendall_tau_b(ranking, ordered) == pytest.approx(expected, abs=1e-12)
+
+
+def test_kendall_tau_b_rejects_a_reference_that_orders_nothing_or_is_not_of_the_ranking():
+    for ranking, pairs in (([0, 1, 2], []), ([0, 1], [(0, 2)]), ([0, 1], [(0, 1), (1, 0)]), ([0, 0], [(0, 1)])):
+        with pytest.raises(ValueError):
+            kendall_tau_b(ranking, pairs)

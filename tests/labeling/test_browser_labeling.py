@@ -1,6 +1,7 @@
 """The labeling panel in a real browser (headless Debian chromium) against the real stack: an admin creates a task
 set and the Celery worker generates its candidates with the real SmolLM2; a labeler ranks one task by dragging and
-another by keyboard; the admin sees agreement and downloads the DPO file. Screenshots in var/test-artifacts/."""
+another by keyboard; the admin sees agreement and downloads the DPO file, which the fine-tune upload accepts.
+Screenshots in var/test-artifacts/."""
 
 import json
 
@@ -9,6 +10,7 @@ from playwright.sync_api import expect
 
 from apps.accounts.models import Role
 from apps.assistants.selectors import chat_model_default
+from apps.finetune.models import DatasetVersion
 from apps.labeling.models import Ranking, TaskSet
 from apps.labeling.selectors import export_rows
 from apps.labeling.services import ranking_submit, task_claim_next
@@ -117,6 +119,18 @@ def test_create_generate_rank_by_drag_and_keyboard_then_agreement_and_dpo_downlo
     assert rows
     assert {row["prompt"][0]["content"] for row in rows} == set(PROMPTS)
     assert all(set(row) == {"prompt", "chosen", "rejected"} for row in rows)
+
+    # 6. The fine-tune importer accepts that file, through its ordinary upload page.
+    page.goto(f"{web_server}/finetune/datasets/upload/")
+    page.fill("input[name=name]", "Fruit and sea rankings")
+    page.select_option("select[name=kind]", "preference")
+    page.set_input_files("input[name=file]", str(path))
+    page.click("form button:has-text('Check and import')")
+    page.wait_for_url("**/finetune/versions/**")
+    version = DatasetVersion.objects.get(dataset__owner=admin, dataset__name="Fruit and sea rankings")
+    expect(page.locator("[data-field=examples]")).to_have_text(str(len(rows)))
+    assert [e.record for e in version.examples.order_by("index")] == rows
+    page.screenshot(path=artifacts_dir / "5-imported-for-fine-tuning.png", full_page=True)
     for watch in (admin_watch, labeler_watch):  # under the strict CSP: nothing blocked, nothing thrown
         assert watch.violations == [] and watch.page_errors == [] and watch.console_errors == []
         assert watch.documents_without_csp() == [] and watch.foreign_requests() == []

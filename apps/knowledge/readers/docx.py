@@ -37,8 +37,7 @@ from apps.knowledge.reading import (
     ExtractionFailure,
     HiddenReason,
     Reading,
-    hex_colour,
-    is_like_background,
+    background_colour_hiding,
 )
 
 DOCX_MAX_MEMBERS = 1000
@@ -251,9 +250,7 @@ def _run_hiding(properties: dict, background: RGB) -> tuple[HiddenReason, str] |
     if size is not None and size < MIN_FONT_HALF_POINTS:
         return HiddenReason.TINY_FONT, f"{size / 2:g} pt"
     color = properties.get("color")
-    if color is not None and is_like_background(color, background):
-        return HiddenReason.BACKGROUND_COLOUR, f"colour {hex_colour(color)} on {hex_colour(background)}"
-    return None
+    return None if color is None else background_colour_hiding(color, background)
 
 
 def _paragraphs(element):

@@ -35,9 +35,8 @@ from apps.knowledge.reading import (
     BlockWriter,
     HiddenReason,
     Reading,
+    background_colour_hiding,
     blend,
-    hex_colour,
-    is_like_background,
 )
 
 NON_RENDERED = frozenset({"script", "style", "template", "noscript", "iframe"})
@@ -235,9 +234,7 @@ def _text_hiding(style: _Inherited) -> tuple[HiddenReason, str] | None:
     if style.color_alpha <= 0.01:
         return HiddenReason.TRANSPARENT, "transparent colour"
     if style.background is not None:
-        shown = blend(style.color, style.color_alpha, style.background)
-        if is_like_background(shown, style.background):
-            return HiddenReason.BACKGROUND_COLOUR, f"colour {hex_colour(shown)} on {hex_colour(style.background)}"
+        return background_colour_hiding(blend(style.color, style.color_alpha, style.background), style.background)
     return None
 
 

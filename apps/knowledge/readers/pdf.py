@@ -49,8 +49,7 @@ from apps.knowledge.reading import (
     ExtractionFailure,
     HiddenReason,
     Reading,
-    hex_colour,
-    is_like_background,
+    background_colour_hiding,
 )
 
 MIN_FONT_PT = 2.0
@@ -262,9 +261,7 @@ def _glyph_hiding(glyph: LTChar, device: _Device) -> tuple[HiddenReason, str] | 
     for paint in device.paints:  # the last one drawn before the glyph, under its centre, wins
         if paint.order < state.order and paint.opaque and paint.contains(cx, cy):
             background = paint.color if paint.polygons else None
-    if background is not None and is_like_background(color, background):
-        return HiddenReason.BACKGROUND_COLOUR, f"colour {hex_colour(color)} on {hex_colour(background)}"
-    return None
+    return None if background is None else background_colour_hiding(color, background)
 
 
 def _rgb(space: PDFColorSpace, color) -> RGB | None:
