@@ -14,5 +14,6 @@ urlpatterns = [
     path("api/v1/", include("apps.api.urls")),
     path("arena/", include("apps.arena.urls")),
     path("labeling/", include("apps.labeling.urls")),
+    path("finetune/", include("apps.finetune.urls")),
     path("", include("apps.core.urls")),
 ]
