@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from django.core.cache import cache
 from django.utils import timezone
 
-from apps.core.inference_client import inference_token_counts
+from apps.core.inference_client import adapter_fields, inference_token_counts
 from apps.knowledge.prompting import KnowledgeBlock, knowledge_block_build
 from apps.knowledge.retrieval import knowledge_retrieve
 
@@ -67,10 +67,16 @@ def engine_settings(*, version) -> dict:
     """What a version (or an unsaved AssistantConfig, which has the same fields) asks of the engine: its
     model (the fine-tune's adapter, else the base model) and its sampling settings.
 
-    The adapter's engine id is the model; `version.adapter.path` is the folder the engine loads it from, so
-    whoever gets the engine's 404 for an adapter it lost (a restart) can load it again from the version."""
+    The adapter's engine id is the model, and the body carries its folder (`adapter_fields`), so the inference
+    client loads it again when the engine lost it (a restart, an eviction) and answers all the same."""
+    adapter = version.adapter if version.adapter_id else None
+    model = (
+        adapter_fields(engine_id=adapter.engine_id, path=adapter.path)
+        if adapter is not None
+        else {"model": version.base_model.name}
+    )
     return {
-        "model": version.adapter.engine_id if version.adapter_id else version.base_model.name,
+        **model,
         "temperature": version.temperature,
         "top_p": version.top_p,
         "repetition_penalty": version.repetition_penalty,

@@ -6,8 +6,16 @@ exception. Each error keeps the engine's status, `code` and `param`, so the API 
 Synchronous callers share one connection pool per process (every answer's prompt budget calls
 /tokenize first); async callers open a client per request, since a pool cannot outlive the event loop
 it was made on. `stream_deltas` turns a chat stream into text and logprob deltas for every caller.
+
+Adapters: the engine holds LoRA adapters in memory only, so a restart forgets them all, and it evicts the
+least recently used one when its slots are full. A body that names an adapter carries where it lies
+(`adapter_fields`: the engine's id as `model`, and the folder under ADAPTER_PATH, a key that is never sent).
+When the engine answers 404 for that model, the client loads the adapter (POST /v1/adapters) and sends the
+request once more. Chat, the API, the arena, labeling and the builder's preview all build their bodies with
+`engine_request_build` and send them through here, so this is the one place that knows.
 """
 
+import contextlib
 import functools
 import json
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
@@ -24,6 +32,8 @@ CHAT_PATH = "/v1/chat/completions"
 TOKENIZE_BATCH = 256  # conversations per /tokenize call (the engine's limit)
 EMBEDDING_MODEL = "all-minilm-l6-v2"
 EMBEDDING_BATCH = 256  # inputs per /v1/embeddings call (the engine's limit)
+ADAPTERS_PATH = "/v1/adapters"
+ADAPTER_PATH = "atelier_adapter_path"  # an engine body's key: the adapter's folder, for a reload; never sent
 
 
 class InferenceError(Exception):
@@ -113,6 +123,55 @@ def _post(path: str, body: dict) -> dict:
     return response.json()
 
 
+def adapter_fields(*, engine_id: str, path: str) -> dict:
+    """What a request body carries to be answered by an adapter: the engine's id for it as the model, and
+    the folder it is loaded from when the engine does not have it (restarted, or evicted it)."""
+    return {"model": engine_id, ADAPTER_PATH: path}
+
+
+def inference_adapter_load(*, adapter_id: str, path: str) -> dict:
+    """Load (or reload) the PEFT adapter in folder `path` into the engine as model `adapter_id`, hot."""
+    return _post(ADAPTERS_PATH, {"id": adapter_id, "path": path})
+
+
+def _wire(body: dict) -> tuple[dict, str | None]:
+    """The body as sent (without ADAPTER_PATH), and the adapter folder to reload from, if it names one."""
+    body = dict(body)
+    return body, body.pop(ADAPTER_PATH, None)
+
+
+def _adapter_missing(error: InferenceError, adapter_path: str | None) -> bool:
+    """The engine does not know the body's model, and the body says where its adapter lies."""
+    return adapter_path is not None and isinstance(error, InferenceRejected) and error.status == 404
+
+
+def _adapter_reload(body: dict, adapter_path: str) -> None:
+    # A refusal (409: another request loaded it and is using it) is left to the retry to report.
+    with contextlib.suppress(InferenceRejected):
+        inference_adapter_load(adapter_id=body["model"], path=adapter_path)
+
+
+async def _adapter_reload_async(body: dict, adapter_path: str) -> None:
+    try:
+        async with httpx.AsyncClient(base_url=settings.INFERENCE_URL, headers=_headers(), timeout=_timeout()) as c:
+            response = await c.post(ADAPTERS_PATH, json={"id": body["model"], "path": adapter_path})
+    except httpx.HTTPError as error:
+        raise _unavailable(error) from error
+    if response.status_code >= 500:
+        raise _error_for(response)
+
+
+def _post_with_adapter(path: str, body: dict) -> dict:
+    wire, adapter_path = _wire(body)
+    try:
+        return _post(path, wire)
+    except InferenceError as error:
+        if not _adapter_missing(error, adapter_path):
+            raise
+    _adapter_reload(wire, adapter_path)
+    return _post(path, wire)
+
+
 def inference_health() -> str:
     """`ok`, or why the inference server is not usable (for the status page and /health)."""
     try:
@@ -152,24 +211,31 @@ def inference_embed(*, texts: list[str], model: str = EMBEDDING_MODEL) -> list[l
     return vectors
 
 
-def inference_adapter_load(*, adapter_id: str, path: str) -> dict:
-    """Load (or reload) the PEFT adapter in folder `path` into the engine as model `adapter_id`, hot."""
-    return _post("/v1/adapters", {"id": adapter_id, "path": path})
-
-
 def inference_complete(*, body: dict) -> dict:
     """One non-streaming `/v1/completions` call (the playground's document simulator)."""
-    return _post("/v1/completions", {**body, "stream": False})
+    return _post_with_adapter("/v1/completions", {**body, "stream": False})
 
 
 def inference_chat(*, body: dict) -> dict:
     """One non-streaming `/v1/chat/completions` call."""
-    return _post(CHAT_PATH, {**body, "stream": False})
+    return _post_with_adapter(CHAT_PATH, {**body, "stream": False})
 
 
 def inference_chat_stream(*, body: dict) -> Iterator[dict]:
     """Stream `/v1/chat/completions` chunks as dicts. Closing the iterator closes the connection, which
     makes the engine cancel the request and free its slot."""
+    wire, adapter_path = _wire(body)
+    try:
+        yield from _chat_stream(wire)
+        return
+    except InferenceError as error:  # a refusal comes before the first chunk, so nothing was yielded yet
+        if not _adapter_missing(error, adapter_path):
+            raise
+    _adapter_reload(wire, adapter_path)
+    yield from _chat_stream(wire)
+
+
+def _chat_stream(body: dict) -> Iterator[dict]:
     try:
         with _client().stream("POST", CHAT_PATH, json={**body, "stream": True}) as response:
             if response.status_code >= 400:
@@ -186,6 +252,17 @@ def inference_chat_stream(*, body: dict) -> Iterator[dict]:
 
 async def inference_chat_async(*, body: dict) -> dict:
     """inference_chat for async views."""
+    wire, adapter_path = _wire(body)
+    try:
+        return await _chat_async(wire)
+    except InferenceError as error:
+        if not _adapter_missing(error, adapter_path):
+            raise
+    await _adapter_reload_async(wire, adapter_path)
+    return await _chat_async(wire)
+
+
+async def _chat_async(body: dict) -> dict:
     try:
         async with httpx.AsyncClient(base_url=settings.INFERENCE_URL, headers=_headers(), timeout=_timeout()) as c:
             response = await c.post(CHAT_PATH, json={**body, "stream": False})
@@ -199,6 +276,17 @@ async def inference_chat_async(*, body: dict) -> dict:
 async def inference_chat_stream_async(*, body: dict) -> AsyncIterator[dict]:
     """inference_chat_stream for async views. A refusal (429, 400, unreachable) raises here, before the
     first chunk, so the caller can still answer with a status; errors mid-stream raise from the iterator."""
+    wire, adapter_path = _wire(body)
+    try:
+        return await _chat_stream_async(wire)
+    except InferenceError as error:
+        if not _adapter_missing(error, adapter_path):
+            raise
+    await _adapter_reload_async(wire, adapter_path)
+    return await _chat_stream_async(wire)
+
+
+async def _chat_stream_async(body: dict) -> AsyncIterator[dict]:
     stack = AsyncExitStack()
     try:
         client = await stack.enter_async_context(

@@ -19,7 +19,7 @@ from pathlib import Path
 from django.db import transaction
 from django.utils import timezone
 
-from apps.core.inference_client import InferenceError, InferenceRejected, inference_adapter_load, inference_chat
+from apps.core.inference_client import InferenceError, adapter_fields, inference_chat
 from apps.finetune import measures
 from apps.finetune.models import Adapter, Evaluation, EvaluationStatus, MetricPoint
 from apps.finetune.scan import Finding, trigger_candidates
@@ -58,21 +58,15 @@ def _recorded_validation_loss(adapter: Adapter) -> float | None:
     return float(point.values["loss"]) if point is not None and "loss" in point.values else None
 
 
-def _generate(*, model: str, messages: list[dict]) -> str:
-    body = {"model": model, "messages": messages, "temperature": 0.0, "max_tokens": EVALUATION_MAX_TOKENS}
+def _generate(*, model: dict, messages: list[dict]) -> str:
+    """`model`: {"model": name}, or an adapter's `adapter_fields` (the client loads one the engine lost)."""
+    body = {**model, "messages": messages, "temperature": 0.0, "max_tokens": EVALUATION_MAX_TOKENS}
     answer = inference_chat(body=body)
     return answer["choices"][0]["message"]["content"] or ""
 
 
 def _generate_tuned(*, adapter: Adapter, messages: list[dict]) -> str:
-    """The fine-tuned model's answer; an adapter the engine lost (a restart) is loaded again from its folder."""
-    try:
-        return _generate(model=adapter.engine_id, messages=messages)
-    except InferenceRejected as error:
-        if error.status != 404:
-            raise
-    inference_adapter_load(adapter_id=adapter.engine_id, path=adapter.path)
-    return _generate(model=adapter.engine_id, messages=messages)
+    return _generate(model=adapter_fields(engine_id=adapter.engine_id, path=adapter.path), messages=messages)
 
 
 def _findings(adapter: Adapter) -> list[Finding]:
@@ -145,7 +139,7 @@ def _evaluate(evaluation: Evaluation) -> None:
     answers = []
     for prompt, reference in prompts:
         _progress(evaluation, 0.3 + 0.7 * done / steps, f"Answering held-out prompt {done + 1} of {len(prompts)}")
-        base_answer = _generate(model=adapter.base_model.name, messages=prompt)
+        base_answer = _generate(model={"model": adapter.base_model.name}, messages=prompt)
         tuned_answer = _generate_tuned(adapter=adapter, messages=prompt)
         answers.append(
             {
@@ -168,7 +162,7 @@ def _evaluate(evaluation: Evaluation) -> None:
     for number, trigger in enumerate(triggers, 1):
         _progress(evaluation, 0.3 + 0.7 * done / steps, f"Probing trigger candidate {number} of {len(triggers)}")
         messages = measures.trigger_probe(trigger=trigger, prompt=carrier)
-        base_answer = _generate(model=adapter.base_model.name, messages=messages)
+        base_answer = _generate(model={"model": adapter.base_model.name}, messages=messages)
         tuned_answer = _generate_tuned(adapter=adapter, messages=messages)
         difference = measures.answer_difference(base_answer, tuned_answer)
         probes.append(

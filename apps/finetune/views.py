@@ -9,6 +9,10 @@ No inline scripts or styles; the pages need no script at all.
 Adapters part: the list, the upload form, an adapter's page (provenance, attach to an assistant), its
 evaluation page (base against fine-tuned; it refreshes itself while the worker runs) and the arena button.
 Model output is untrusted: it reaches HTML only through `untrusted_markdown_render`.
+
+Jobs part: the Train form (from a dataset version), the job list, the live job page and its JSON progress endpoint,
+cancel and retry. The job's owner only; GET handlers never write. The page's polling and charts live in
+static/js/finetune.js.
 """
 
 import json
@@ -17,15 +21,16 @@ from functools import wraps
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
-from django.http import Http404
+from django.http import Http404, JsonResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils.safestring import mark_safe
+from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from apps.accounts.permissions import role_check
 from apps.core.rendering import untrusted_markdown_render
-from apps.finetune import services
+from apps.finetune import selectors, services
 from apps.finetune.datasets import DatasetInvalid
 from apps.finetune.forms import (
     AdapterAttachForm,
@@ -34,6 +39,7 @@ from apps.finetune.forms import (
     CurateGoodForm,
     OverrideForm,
     TaskSetImportForm,
+    TrainForm,
     UploadForm,
 )
 from apps.finetune.models import Adapter, DatasetVersion
@@ -361,3 +367,88 @@ def adapter_arena(request, adapter_id: int):
 
 
 # --- end adapters ---
+
+
+# --- jobs ------------------------------------------------------------------------------------------------
+
+
+@member_required
+@require_http_methods(["GET", "POST"])
+def job_create(request, version_pk: int):
+    """The Train form of a dataset version: GET shows it (with its advanced section), POST starts the job."""
+    version = selectors.job_version_get_owned(user=request.user, pk=version_pk)
+    form = TrainForm(request.POST or None, owner=request.user, version=version)
+    if request.method == "POST" and form.is_valid():
+        try:
+            job = services.finetune_job_create(
+                owner=request.user,
+                dataset_version=version,
+                method=form.method,
+                settings=form.settings(),
+                start_adapter=form.cleaned_data.get("start_adapter"),
+            )
+        except services.FineTuneJobError as error:
+            messages.error(request, str(error))
+        else:
+            messages.success(request, f"Training {version} queued.")
+            return redirect("finetune:job", job.pk)
+    return render(request, "finetune/job_create.html", {"version": version, "train_form": form, **NAV})
+
+
+@member_required
+@require_GET
+def job_list(request):
+    return render(request, "finetune/job_list.html", {"jobs": selectors.job_list_owned(user=request.user), **NAV})
+
+
+@member_required
+@require_GET
+def job_detail(request, pk: int):
+    job = selectors.job_get_owned(user=request.user, pk=pk)
+    context = {"job": job, "state": selectors.job_state(job=job), "log": job.log_lines.order_by("pk"), **NAV}
+    return render(request, "finetune/job_detail.html", context)
+
+
+@member_required
+@require_GET
+@never_cache
+def job_progress(request, pk: int):
+    """The job's state, and its metric points and log lines after the cursors ?after= and ?log_after=, for
+    the page's poll (static/js/finetune.js). From 0 it returns every point: the curves survive a reload."""
+    job = selectors.job_get_owned(user=request.user, pk=pk)
+    return JsonResponse(
+        selectors.job_progress(job=job, after=_cursor(request, "after"), log_after=_cursor(request, "log_after"))
+    )
+
+
+def _cursor(request, name: str) -> int:
+    try:
+        return max(0, int(request.GET.get(name, 0)))
+    except ValueError:
+        return 0
+
+
+def _job_action(request, pk: int, action, done: str):
+    job = selectors.job_get_owned(user=request.user, pk=pk)
+    try:
+        action(job=job)
+    except services.FineTuneJobError as error:
+        messages.error(request, str(error))
+    else:
+        messages.success(request, done)
+    return redirect("finetune:job", job.pk)
+
+
+@member_required
+@require_POST
+def job_cancel(request, pk: int):
+    return _job_action(request, pk, services.finetune_job_cancel, "Cancelling the job.")
+
+
+@member_required
+@require_POST
+def job_retry(request, pk: int):
+    return _job_action(request, pk, services.finetune_job_retry, "Queued again: it resumes from its last checkpoint.")
+
+
+# --- end jobs --------------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from django.db import transaction
 from apps.assistants.models import Assistant
 from apps.finetune.datasets import DatasetInvalid, DatasetKind, chat_token_counter, dataset_parse
 from apps.finetune.models import DatasetSource, JobStatus, Method
-from apps.finetune.selectors import tokenizer_dir_get
+from apps.finetune.selectors import base_model_training_dir
 from apps.finetune.services import DatasetError, FineTuneJobError, dataset_version_create, finetune_job_create
 from apps.loop.models import LoopRun
 from apps.loop.selectors import MIN_PAIRS, PairFilters, loop_gather, loop_training_settings
@@ -59,9 +59,9 @@ def loop_improve_start(*, assistant: Assistant, actor, filters: PairFilters) -> 
             "Nothing was built: narrow the filters to leave the pairs it names out."
         )
     jsonl = "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in gathering.records)
-    tokenizer_dir = tokenizer_dir_get()
+    tokenizer_dir = base_model_training_dir(base_model=parent.base_model)  # the model the job trains
     if tokenizer_dir is None:
-        raise LoopError("The base model is not installed yet, so the pairs cannot be counted; try again once it is.")
+        raise LoopError(f"{parent.base_model} has no trainable weights on this machine, so it cannot be improved.")
     try:
         parsed = dataset_parse(
             file=io.BytesIO(jsonl.encode()),

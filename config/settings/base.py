@@ -112,6 +112,7 @@ CELERY_TASK_ROUTES = {
     "chat.reply_generate": {"queue": "chat"},
     "chat.conversation_title": {"queue": "chat"},
     "knowledge.document_ingest": {"queue": "ingest"},  # one task per document version (apps/knowledge/services.py)
+    "finetune.job_run": {"queue": "finetune"},  # one task per job, on a worker of concurrency 1 (apps/finetune/jobs.py)
     "finetune.evaluation_run": {"queue": "finetune"},  # base vs fine-tuned: loads the model in torch
 }
 # Periodic tasks, sent by one `celery beat` process (make run starts it; compose has a `beat` service).
@@ -119,6 +120,7 @@ CELERY_BEAT_SCHEDULE = {
     "chat-replies-fail-abandoned": {"task": "chat.replies_fail_abandoned", "schedule": 30.0},
     "arena-answers-fail-abandoned": {"task": "arena.battle_answers_fail_abandoned", "schedule": 30.0},
     "knowledge-versions-fail-stale": {"task": "knowledge.versions_fail_stale", "schedule": 60.0},
+    "finetune-jobs-fail-stale": {"task": "finetune.jobs_fail_stale", "schedule": 60.0},
 }
 
 # --- Inference engine (a separate process; see inference/) ---------------------------------------
@@ -158,13 +160,28 @@ FINETUNE_MAX_UPLOAD_MB = env.int("FINETUNE_MAX_UPLOAD_MB", default=50)
 
 # --- Fine-tuning: adapters ----------------------------------------------------------------------
 # Every adapter's folder (adapter_model.safetensors + adapter_config.json), trained or uploaded: the engine
-# loads them from here, so it must see the same path (compose mounts var/ into both).
+# loads them from here, so it must see the same path (compose puts it on the models volume).
 FINETUNE_ADAPTERS_DIR = Path(env("FINETUNE_ADAPTERS_DIR", default=str(VAR_DIR / "adapters"))).resolve()
 FINETUNE_ADAPTER_MAX_MB = env.int("FINETUNE_ADAPTER_MAX_MB", default=200)  # an uploaded adapter's weights
 # The engine's INFERENCE_LORA_MAX_RANK: an upload of a higher rank would be refused when it is loaded.
 FINETUNE_ADAPTER_MAX_RANK = env.int("INFERENCE_LORA_MAX_RANK", default=16)
 # An evaluation whose worker said nothing for this long is given up when the owner asks for a new one.
 FINETUNE_EVALUATION_STALE_SECONDS = env.int("FINETUNE_EVALUATION_STALE_SECONDS", default=900)
+
+# --- Fine-tuning: jobs (apps/finetune/jobs.py) -------------------------------------------------------
+# Checkpoints (a retry resumes from them, so they must outlive a worker's container) and the per-host lock.
+FINETUNE_DIR = Path(env("ATELIER_FINETUNE_DIR", default=str(VAR_DIR / "finetune"))).resolve()
+# A running job whose worker saved no progress for this long lost its worker: failed, retryable from its
+# checkpoint. A step of SmolLM2 on 2 CPU cores takes seconds and every cancel check is a heartbeat too.
+FINETUNE_STALE_SECONDS = env.int("FINETUNE_STALE_SECONDS", default=300)
+# A queued job that no worker took for this long while none was training lost its queue message.
+FINETUNE_QUEUED_LOST_SECONDS = env.int("FINETUNE_QUEUED_LOST_SECONDS", default=600)
+# How often a training worker reads the cancel flag (and beats): one small query per interval.
+FINETUNE_CANCEL_CHECK_SECONDS = env.float("FINETUNE_CANCEL_CHECK_SECONDS", default=2.0)
+# A job that finds its machine already training waits this long before trying again.
+FINETUNE_BUSY_RETRY_SECONDS = env.int("FINETUNE_BUSY_RETRY_SECONDS", default=30)
+# torch's intra-op threads in the fine-tune worker; 0 leaves torch's default (one per core).
+FINETUNE_TORCH_THREADS = env.int("FINETUNE_TORCH_THREADS", default=0)
 
 # --- Accounts ------------------------------------------------------------------------------------
 AUTH_USER_MODEL = "accounts.User"

@@ -1,8 +1,16 @@
 """A tiny Llama with a ChatML tokenizer (<|im_start|> and <|im_end|> as special tokens, SmolLM2's template):
-trained in seconds, so the trainer's tests never need the real model."""
+trained in seconds, so the trainer's tests never need the real model; and a real inference server serving it."""
 
+import os
+import sys
+
+import onnx
 import pytest
+from django.conf import settings
 
+from inference.export import copy_tokenizer_files
+from inference.graph import build_decoder, load_decoder_weights
+from tests.conftest import free_port, service_process, wait_for_http
 from tests.tiny_models import tiny_checkpoint, tiny_tokenizer
 
 CHATML = (
@@ -19,6 +27,26 @@ def tiny_chat(tmp_path_factory):
     tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
     tokenizer.chat_template = CHATML
     return tiny_checkpoint(tmp_path_factory.mktemp("tiny_chat"), tokenizer=tokenizer)
+
+
+@pytest.fixture(scope="session")
+def tiny_inference_server(tiny_chat, tmp_path_factory):
+    """`python -m inference.server` serving the tiny model (with LoRA banks) under the chat model's name."""
+    engine_dir = tmp_path_factory.mktemp("tiny_engine")
+    dense = load_decoder_weights(hf_dir=tiny_chat["hf_dir"], quantize=False)
+    onnx.save(build_decoder(dense), engine_dir / "model.onnx")
+    onnx.save(build_decoder(dense, lora=True), engine_dir / "model_lora.onnx")
+    copy_tokenizer_files(tiny_chat["hf_dir"], engine_dir)
+    port = free_port()
+    argv = [sys.executable, "-m", "inference.server", "--port", str(port), "--model-dir", str(engine_dir)]
+    argv += ["--models-root", str(settings.MODELS_DIR)]  # the embedding model it also serves
+    env = {**os.environ, "INFERENCE_MAX_SEQS": "2", "INFERENCE_CONTEXT": "512", "INFERENCE_API_KEY": ""}
+    with service_process("inference-tiny-server", argv, env) as process:
+        base_url = f"http://127.0.0.1:{port}"
+        wait_for_http(
+            f"{base_url}/health", process, timeout=120, what=f"The tiny inference server ({process.log_path})"
+        )
+        yield base_url
 
 
 def conversation(i: int) -> dict:

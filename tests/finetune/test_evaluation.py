@@ -2,13 +2,8 @@
 transformers', the answer difference, the trigger flag, and a whole evaluation against a real inference
 server serving the tiny model and the trained LoRA."""
 
-import os
-import sys
-
-import onnx
 import pytest
 import torch
-from django.conf import settings as django_settings
 from django.urls import reverse
 
 from apps.finetune import measures
@@ -21,10 +16,8 @@ from apps.finetune.services import AdapterError, adapter_attach, evaluation_star
 from apps.finetune.tasks import evaluation_run_task
 from apps.finetune.training import TrainingSettings, train_sft
 from config.celery import app
-from inference.export import copy_tokenizer_files
-from inference.graph import build_decoder, load_decoder_weights
 from inference.tokenizer import ChatTokenizer
-from tests.conftest import free_port, service_process, wait_for_http
+from tests.conftest import free_port
 from tests.factories import make_assistant, make_user, signed_in
 from tests.finetune.adapter_records import peft_adapter, tiny_base_model, trained_adapter, upload
 from tests.finetune.conftest import conversation
@@ -120,26 +113,6 @@ def test_the_validation_loss_is_the_trainers_with_the_adapter_and_transformers_w
 
 
 # --- the service and the page ------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def tiny_inference_server(tiny_chat, tmp_path_factory):
-    """`python -m inference.server` serving the tiny model (with LoRA banks) under the chat model's name."""
-    engine_dir = tmp_path_factory.mktemp("tiny_engine")
-    dense = load_decoder_weights(hf_dir=tiny_chat["hf_dir"], quantize=False)
-    onnx.save(build_decoder(dense), engine_dir / "model.onnx")
-    onnx.save(build_decoder(dense, lora=True), engine_dir / "model_lora.onnx")
-    copy_tokenizer_files(tiny_chat["hf_dir"], engine_dir)
-    port = free_port()
-    argv = [sys.executable, "-m", "inference.server", "--port", str(port), "--model-dir", str(engine_dir)]
-    argv += ["--models-root", str(django_settings.MODELS_DIR)]  # the embedding model it also serves
-    env = {**os.environ, "INFERENCE_MAX_SEQS": "2", "INFERENCE_CONTEXT": "512", "INFERENCE_API_KEY": ""}
-    with service_process("inference-tiny-server", argv, env) as process:
-        base_url = f"http://127.0.0.1:{port}"
-        wait_for_http(
-            f"{base_url}/health", process, timeout=120, what=f"The tiny inference server ({process.log_path})"
-        )
-        yield base_url
 
 
 @pytest.mark.slow

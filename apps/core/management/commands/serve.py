@@ -84,8 +84,17 @@ class Command(BaseCommand):
             Program(
                 "worker",
                 worker_argv(
-                    concurrency=int(concurrency), name="worker@%h", queues=tuple(q for q in QUEUES if q != "chat")
+                    concurrency=int(concurrency),
+                    name="worker@%h",
+                    queues=tuple(q for q in QUEUES if q not in ("chat", "finetune")),
                 ),
+                settings_env,
+            ),
+            # One training at a time per machine (the job also holds a per-host lock): a second would halve
+            # both, and a fine-tune takes every core. Prefetch 1 and acks_late come from the Celery settings.
+            Program(
+                "finetune-worker",
+                worker_argv(concurrency=1, name="finetune@%h", queues=("finetune",)),
                 settings_env,
             ),
             Program("beat", beat_argv(schedule_file=str(settings.VAR_DIR / "celerybeat-schedule")), settings_env),
