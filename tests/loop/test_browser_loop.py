@@ -8,10 +8,11 @@ screenshot is the README's (docs/loop.png is copied from var/test-artifacts/).""
 import random
 
 import pytest
+from django.db.models import Q
 from playwright.sync_api import expect
 
 from apps.arena.leaderboard import leaderboard_refresh
-from apps.arena.models import BattleAnswer, Mode
+from apps.arena.models import Battle, BattleAnswer, Mode
 from apps.arena.services import battle_start, battle_vote
 from apps.assistants.selectors import chat_model_default
 from apps.assistants.services import assistant_config_of, assistant_update
@@ -36,7 +37,7 @@ def _answers_done(battle, timeout: float = 120) -> None:
 def test_improve_train_draft_and_publish_in_the_browser(
     web_server, browser, artifacts_dir, models_ready, owner, ranked_set
 ):
-    assistant = make_assistant(owner, name="Brief", base_model=chat_model_default(), max_tokens=24)
+    assistant = make_assistant(owner, name="Quillfeather", base_model=chat_model_default(), max_tokens=24)
     v1 = assistant.current_version
     v2 = assistant_update(
         assistant=assistant, actor=owner, config=assistant_config_of(version=v1), visibility=assistant.visibility
@@ -101,6 +102,10 @@ def test_improve_train_draft_and_publish_in_the_browser(
         versions = {battle.version_a_id: "a", battle.version_b_id: "b"}
         winner = versions.get(draft.pk) or ("a" if battle.version_a_id == v2.pk else "b")
         battle_vote(battle=battle, user=owner, outcome=winner)
+    rated = Battle.objects.filter(user=owner, named=False)
+    assert rated.filter(excluded_reason="").filter(Q(version_a=draft) | Q(version_b=draft)).exists(), list(
+        rated.values_list("version_a__number", "version_b__number", "excluded_reason", "excluded_detail")
+    )
     leaderboard_refresh(mode=Mode.PERSONAL, owner=owner)
     page.reload()
     expect(page.locator(f"tr[data-version='{draft.number}'] [data-rating]")).not_to_have_text("—")
