@@ -3,6 +3,7 @@ making the draft through the fine-tune runner's hook, and a second round startin
 adapter. And what the confirmation refuses before anything is stored."""
 
 import pytest
+from django.urls import reverse
 
 from apps.assistants.services import assistant_config_of, assistant_update, assistant_version_publish
 from apps.finetune.models import DatasetSource, DatasetVersion, FineTuneJob, JobStatus, Method
@@ -10,8 +11,9 @@ from apps.finetune.services import finetune_job_run
 from apps.loop.models import LoopRun
 from apps.loop.selectors import ARENA, LABELING, PairFilters, loop_gather, loop_training_settings
 from apps.loop.services import LoopError, loop_improve_start
-from tests.factories import make_assistant, make_user
+from tests.factories import make_assistant, make_user, signed_in
 from tests.finetune.factories import make_base_model
+from tests.html_tree import html_parse
 from tests.loop.conftest import shortest_first, three_answers
 
 pytestmark = pytest.mark.django_db
@@ -58,6 +60,8 @@ def test_the_confirmation_builds_the_dataset_queues_dpo_and_the_jobs_success_mak
     assert (job.settings["epochs"], job.settings["learning_rate"]) == (expected.epochs, expected.learning_rate)
     with pytest.raises(LoopError, match="still improving"):
         loop_improve_start(assistant=assistant, actor=owner, filters=PairFilters())
+    job_page = html_parse(signed_in(owner).get(reverse("finetune:job", args=[job.pk])).content.decode())
+    assert reverse("loop:history", args=[assistant.slug]) in {a.attrs.get("href") for a in job_page.find_all("a")}
 
     finetune_job_run(job_id=job.pk)  # the worker's task body, in process
 
