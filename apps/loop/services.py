@@ -95,7 +95,6 @@ def loop_improve_start(*, assistant: Assistant, actor, filters: PairFilters) -> 
         assistant=assistant,
         parent=parent,
         filters=filters.as_dict(),
-        pair_counts=gathering.by_source,
         provenance=[pair.provenance() for pair in gathering.pairs],
         dataset_version=dataset_version,
         job=job,

@@ -139,7 +139,7 @@ def loop_job(assistant, owner):
     LoopRun.objects.create(
         assistant=assistant,
         parent=assistant.current_version,
-        pair_counts={"labeling": 12, "arena": 0},
+        provenance=[{"source": "labeling"}] * 12,
         dataset_version=version,
         job=job,
         created_by=owner,
