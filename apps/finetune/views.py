@@ -16,10 +16,8 @@ static/js/finetune.js.
 """
 
 import json
-from functools import wraps
 
 from django.contrib import messages
-from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
 from django.http import Http404, JsonResponse
 from django.shortcuts import redirect, render
@@ -28,7 +26,7 @@ from django.utils.safestring import mark_safe
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from apps.accounts.permissions import role_check
+from apps.accounts.permissions import member_required, role_check
 from apps.core.rendering import untrusted_markdown_render
 from apps.finetune import selectors, services
 from apps.finetune.datasets import DatasetInvalid
@@ -62,18 +60,6 @@ from apps.finetune.selectors import (
 
 EXAMPLES_PER_PAGE = 20
 NAV = {"nav_active": "finetune"}
-
-
-def member_required(view):
-    """Signed in, with a role that opens the fine-tuning area (every view checks its role)."""
-
-    @login_required
-    @wraps(view)
-    def checked(request, *args, **kwargs):
-        role_check(user=request.user, area="member")
-        return view(request, *args, **kwargs)
-
-    return checked
 
 
 @member_required
