@@ -112,10 +112,12 @@ def version_detail(request, pk: int):
     version = dataset_version_get_for_viewer(user=request.user, pk=pk)
     page = Paginator(dataset_examples(version=version), EXAMPLES_PER_PAGE).get_page(request.GET.get("page"))
     flags = example_flags(version=version)
+    is_owner = version.dataset.owner_id == request.user.pk
     context = {
         "version": version,
         "dataset": version.dataset,
-        "is_owner": version.dataset.owner_id == request.user.pk,
+        "is_owner": is_owner,
+        "train_form": TrainForm(owner=request.user, version=version) if is_owner and version.trainable else None,
         "estimate": duration_text(version.seconds_per_epoch),
         "findings": finding_rows(version=version),
         "page": page,
