@@ -380,7 +380,8 @@ def job_create(request, version_pk: int):
         else:
             messages.success(request, f"Training {version} queued.")
             return redirect("finetune:job", job.pk)
-    return render(request, "finetune/job_create.html", {"version": version, "train_form": form, **NAV})
+    context = {"version": version, "train_form": form, "estimate": duration_text(version.seconds_per_epoch), **NAV}
+    return render(request, "finetune/job_create.html", context)
 
 
 @member_required

@@ -126,6 +126,8 @@ def test_the_job_list_shows_only_the_owners_jobs(alice_job):
     tree = html.fromstring(signed_in(alice).get(reverse("finetune:jobs")).content)
     assert tree.xpath("//tr[@data-job]/@data-job") == [str(job.pk)]
     assert tree.xpath("//tr[@data-job]//a/@href") == [reverse("finetune:job", args=[job.pk])]
+    datasets = html.fromstring(signed_in(alice).get(reverse("finetune:datasets")).content)
+    assert reverse("finetune:jobs") in datasets.xpath("//*[@class='page-actions']/a/@href")  # reachable
 
 
 def test_the_version_page_carries_the_owners_train_form(alice_job):
