@@ -20,7 +20,6 @@ urlpatterns = [
     path("adapters/<int:adapter_id>/evaluation/", views.adapter_evaluation, name="adapter_evaluation"),
     path("adapters/<int:adapter_id>/evaluation/run/", views.adapter_evaluate, name="adapter_evaluate"),
     path("adapters/<int:adapter_id>/arena/", views.adapter_arena, name="adapter_arena"),
-    # --- end adapters ---
     # --- jobs ---
     path("jobs/", views.job_list, name="jobs"),
     path("jobs/<int:pk>/", views.job_detail, name="job"),
@@ -28,5 +27,4 @@ urlpatterns = [
     path("jobs/<int:pk>/cancel/", views.job_cancel, name="job_cancel"),
     path("jobs/<int:pk>/retry/", views.job_retry, name="job_retry"),
     path("jobs/train/<int:version_pk>/", views.job_create, name="job_create"),
-    # --- end jobs ---
 ]

@@ -240,10 +240,6 @@ def _adapter_or_404(request, adapter_id: int) -> Adapter:
     return adapter
 
 
-def _errors_text(form) -> str:
-    return " ".join(str(error) for errors in form.errors.values() for error in errors)
-
-
 @member_required
 @require_GET
 def adapter_list(request):
@@ -295,7 +291,7 @@ def adapter_attach_view(request, adapter_id: int):
     adapter = _adapter_or_404(request, adapter_id)
     form = AdapterAttachForm(request.POST, adapter=adapter)
     if not form.is_valid():
-        messages.error(request, _errors_text(form) or "Choose one of your assistants.")
+        messages.error(request, f"Choose one of your assistants on {adapter.base_model}.")
         return redirect("finetune:adapter_detail", adapter_id=adapter.pk)
     try:
         version = services.adapter_attach(assistant=form.cleaned_data["assistant"], adapter=adapter, actor=request.user)
@@ -352,9 +348,6 @@ def adapter_arena(request, adapter_id: int):
         back = "finetune:adapter_evaluation" if request.POST.get("back") == "evaluation" else "finetune:adapter_detail"
         return redirect(back, adapter_id=adapter.pk)
     return redirect("arena:battle", battle_id=battle.pk)
-
-
-# --- end adapters ---
 
 
 # --- jobs ------------------------------------------------------------------------------------------------
@@ -438,6 +431,3 @@ def job_cancel(request, pk: int):
 @require_POST
 def job_retry(request, pk: int):
     return _job_action(request, pk, services.finetune_job_retry, "Queued again: it resumes from its last checkpoint.")
-
-
-# --- end jobs --------------------------------------------------------------------------------------------
