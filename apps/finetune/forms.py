@@ -84,9 +84,6 @@ class AdapterAttachForm(forms.Form):
         ).select_related("current_version")
 
 
-# --- end adapters ---
-
-
 # --- jobs ------------------------------------------------------------------------------------------------
 
 LORA_MODULES = tuple(module for group in LORA_GROUPS for module in LORA_GROUP_MODULES[group])
@@ -142,6 +139,3 @@ class TrainForm(forms.Form):
             for name, value in self.cleaned_data.items()
             if name != "start_adapter" and value not in (None, "", [])
         }
-
-
-# --- end jobs --------------------------------------------------------------------------------------------
