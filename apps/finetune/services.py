@@ -63,7 +63,7 @@ from apps.assistants.services import AssistantError, assistant_config_of, assist
 from apps.chat.models import Message
 from apps.chat.selectors import message_ancestors
 from apps.core.unicode import unicode_clean
-from apps.finetune import datasets, measures
+from apps.finetune import datasets
 from apps.finetune.datasets import DatasetInvalid, Example, Problem, dataset_from_examples, dataset_parse
 from apps.finetune.formats import preference_file_convert
 from apps.finetune.jobs import (  # noqa: F401 (the task body and beat's sweep, exported as services)
@@ -539,6 +539,8 @@ def _arena_prompt(adapter: Adapter) -> str:
     if latest is not None and latest.answers:
         return latest.answers[0]["prompt"][-1]["content"]
     if adapter.dataset_version_id is not None:
+        from apps.finetune import measures  # torch, which the web app never needs otherwise
+
         first = adapter.dataset_version.examples.order_by("index").first()
         if first is not None:
             prompt, _ = measures.prompt_and_reference(first.record)
