@@ -42,7 +42,6 @@ from contextlib import contextmanager
 from dataclasses import asdict
 from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from django.conf import settings
 from django.db import transaction
@@ -50,10 +49,8 @@ from django.db.models import Q
 from django.utils import timezone
 
 from apps.finetune.models import Adapter, AdapterSource, FineTuneJob, JobLogLine, JobStatus, Method, MetricPoint
+from apps.finetune.training_settings import LoraSettings, TrainingSettings
 from apps.loop.drafts import loop_draft_create
-
-if TYPE_CHECKING:  # training.py imports torch, which the web app never needs: imported where used
-    from apps.finetune.training import TrainingSettings
 
 log = logging.getLogger(__name__)
 
@@ -99,9 +96,6 @@ def training_settings_to_dict(settings: TrainingSettings) -> dict:
 
 
 def training_settings_from_dict(data: dict) -> TrainingSettings:
-    from apps.finetune.decoder import LoraSettings
-    from apps.finetune.training import TrainingSettings
-
     lora = dict(data.get("lora") or {})
     lora["target_modules"] = tuple(lora.get("target_modules", LoraSettings().target_modules))
     return TrainingSettings(**{**data, "lora": LoraSettings(**lora)})

@@ -47,7 +47,7 @@ from dataclasses import asdict, replace
 from datetime import timedelta
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
+from typing import BinaryIO
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
@@ -89,10 +89,8 @@ from apps.finetune.models import (
 from apps.finetune.scan import dataset_scan
 from apps.finetune.selectors import adapter_newest_version, base_model_training_dir, is_admin, tokenizer_dir_get
 from apps.finetune.tasks import evaluation_run_task, finetune_job_run_task
+from apps.finetune.training_settings import DPO_DEFAULTS, SFT_DEFAULTS, TrainingSettings
 from apps.labeling.models import TaskSet
-
-if TYPE_CHECKING:  # training.py imports torch, which the web app never needs: imported where used
-    from apps.finetune.training import TrainingSettings
 from apps.labeling.selectors import export_jsonl
 from apps.registry.models import BaseModel
 from inference.adapters import ADAPTER_CONFIG, ADAPTER_WEIGHTS, read_peft_adapter
@@ -614,11 +612,9 @@ SMALL_DATASET = 100  # examples: below it one more epoch, since each epoch is on
 CHECKPOINTS_PER_RUN = 4  # at least, so a killed small job still resumes part-way
 
 
-def training_settings_default(*, method: str, examples: int) -> "TrainingSettings":
-    """The method's defaults (training.py) fitted to the data: a batch no larger than the training split,
+def training_settings_default(*, method: str, examples: int) -> TrainingSettings:
+    """The method's defaults (training_settings.py) fitted to the data: a batch no larger than the training split,
     an extra epoch for a small set, and checkpoints often enough that a short run has some to resume from."""
-    from apps.finetune.training import DPO_DEFAULTS, SFT_DEFAULTS
-
     defaults = SFT_DEFAULTS if method == Method.SFT else DPO_DEFAULTS
     epochs = defaults.epochs + (1 if examples < SMALL_DATASET else 0)
     batch_size = max(1, min(defaults.batch_size, examples))
@@ -627,7 +623,7 @@ def training_settings_default(*, method: str, examples: int) -> "TrainingSetting
     return replace(defaults, epochs=epochs, batch_size=batch_size, checkpoint_every=checkpoint_every)
 
 
-def _settings_build(*, method: str, examples: int, chosen: dict) -> "TrainingSettings":
+def _settings_build(*, method: str, examples: int, chosen: dict) -> TrainingSettings:
     unknown = set(chosen) - set(SETTING_KEYS)
     if unknown:
         raise FineTuneJobError(f"Unknown training settings: {', '.join(sorted(unknown))}.")

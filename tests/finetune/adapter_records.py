@@ -26,7 +26,7 @@ from apps.finetune.models import (
 )
 from apps.finetune.scan import dataset_scan
 from apps.finetune.services import adapter_upload
-from apps.finetune.training import TrainingSettings
+from apps.finetune.training_settings import TrainingSettings
 from apps.registry.models import BaseModel
 from inference.adapters import ADAPTER_WEIGHTS
 
