@@ -32,7 +32,6 @@ from apps.finetune.models import (
     Method,
     MetricPoint,
 )
-from apps.registry.catalog import SMOLLM2_FP32
 from apps.registry.models import BaseModel
 
 MAX_LINES_SHOWN = 50  # of a finding's examples, on the report; the rest are counted
@@ -140,19 +139,6 @@ def example_flags(*, version: DatasetVersion) -> dict[int, list[str]]:
         for index in finding["lines"]:
             flags.setdefault(index, []).append(f"{finding['severity']}: {finding['kind']}")
     return flags
-
-
-def training_base_model_get() -> BaseModel | None:
-    """The ready base model that fine-tunes train on: the fp32 checkpoint (it has the Hugging Face files,
-    tokenizer and chat template under `hf/`); the served variants share its tokenizer."""
-    return BaseModel.objects.filter(
-        kind=BaseModel.Kind.CHAT, status=BaseModel.Status.READY, name=SMOLLM2_FP32.name, variant=SMOLLM2_FP32.variant
-    ).first()
-
-
-def tokenizer_dir_get() -> Path | None:
-    base_model = training_base_model_get()
-    return Path(base_model.path) / "hf" if base_model else None
 
 
 def answer_get_owned(*, user, message_id) -> Message:

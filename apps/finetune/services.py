@@ -6,7 +6,8 @@
   except for an admin's override of its high-severity findings (`dataset_version_override`, with a reason).
 - `dataset_upload`: a JSONL file, all or nothing. An Anthropic HH preference file is converted to TRL's format
   first (`formats.py`); a file with any problem imports nothing and raises `DatasetInvalid` with every problem
-  and its line. Tokens are counted with the training base model's own tokenizer and chat template.
+  and its line. Tokens are counted with the tokenizer and chat template of the model a job trains by default
+  (the served chat model's Hugging Face folder, `base_model_training_dir`).
 - `dataset_examples_add`: a new version holding the latest version's examples (as validated then, with their
   provenance) and the new ones (validated now). Curating from chat and importing go through it or through
   `dataset_version_create`.
@@ -87,12 +88,13 @@ from apps.finetune.models import (
     Method,
 )
 from apps.finetune.scan import dataset_scan
-from apps.finetune.selectors import adapter_newest_version, base_model_training_dir, is_admin, tokenizer_dir_get
+from apps.finetune.selectors import adapter_newest_version, base_model_training_dir, is_admin
 from apps.finetune.tasks import evaluation_run_task, finetune_job_run_task
 from apps.finetune.training_settings import DPO_DEFAULTS, SFT_DEFAULTS, TrainingSettings
 from apps.labeling.models import TaskSet
 from apps.labeling.selectors import export_jsonl
 from apps.registry.models import BaseModel
+from apps.registry.selectors import base_model_get_ready
 from inference.adapters import ADAPTER_CONFIG, ADAPTER_WEIGHTS, read_peft_adapter
 from inference.adapters import AdapterError as PeftAdapterInvalid
 from inference.config import DecoderConfig
@@ -108,7 +110,10 @@ def _token_counter(tokenizer_dir: Path) -> Callable[[list[dict]], int]:
 
 
 def _count_tokens() -> Callable[[list[dict]], int]:
-    tokenizer_dir = tokenizer_dir_get()
+    """Counts with the tokenizer and chat template of the model a job trains unless told otherwise (the served
+    chat model's training folder)."""
+    base_model = base_model_get_ready(kind=BaseModel.Kind.CHAT)
+    tokenizer_dir = base_model_training_dir(base_model=base_model) if base_model is not None else None
     if tokenizer_dir is None:
         raise DatasetError("The base model is not installed yet, so examples cannot be counted; try again once it is.")
     return _token_counter(tokenizer_dir)
@@ -651,9 +656,6 @@ def finetune_job_create(
     of SETTING_KEYS; the rest are `training_settings_default`'s. DPO may start from (and refer to) one of
     the owner's SFT adapters. The base model is the assistant's, else the starting adapter's, else the one
     the engine serves. Raises FineTuneJobError, with the reason, for anything it refuses."""
-    from apps.registry.models import BaseModel
-    from apps.registry.selectors import base_model_get_ready
-
     version = DatasetVersion.objects.select_related("dataset").get(pk=dataset_version.pk)
     if version.dataset.owner_id != owner.pk:
         raise FineTuneJobError("You can only train on your own datasets.")
