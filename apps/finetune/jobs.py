@@ -47,10 +47,13 @@ from django.conf import settings
 from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
+from django.utils.text import slugify
 
 from apps.finetune.models import Adapter, AdapterSource, FineTuneJob, JobLogLine, JobStatus, Method, MetricPoint
 from apps.finetune.training_settings import LoraSettings, TrainingSettings
 from apps.loop.drafts import loop_draft_create
+from inference.adapters import ADAPTER_WEIGHTS
+from inference.export import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +73,12 @@ class _Superseded(Exception):
 
 def adapters_dir() -> Path:
     return settings.FINETUNE_ADAPTERS_DIR
+
+
+def adapter_engine_id_new(*, name: str) -> str:
+    """A new id the engine knows an adapter by, also its folder's name under adapters_dir(): a slug of its name
+    and random hex, so it says nothing about other adapters."""
+    return f"ft-{slugify(name)[:40] or 'adapter'}-{secrets.token_hex(4)}"
 
 
 def checkpoint_dir(job: FineTuneJob) -> Path:
@@ -222,10 +231,11 @@ def _publish(job: FineTuneJob, *, result, staging: Path, trained_on) -> None:
     attempt owns the job), then load it into the engine."""
     from apps.core.inference_client import InferenceError, inference_adapter_load
 
-    engine_id = f"ft-{job.pk}-{secrets.token_hex(4)}"
+    version = job.dataset_version
+    name = f"{version.dataset.name} v{version.number} · job {job.pk}"[:100]
+    engine_id = adapter_engine_id_new(name=name)
     final = adapters_dir() / engine_id
     staging.rename(final)
-    version = job.dataset_version
     metrics = {
         "steps": result.steps,
         "epochs": result.epochs_completed,
@@ -247,7 +257,7 @@ def _publish(job: FineTuneJob, *, result, staging: Path, trained_on) -> None:
             _own(job)
             adapter = Adapter.objects.create(
                 owner=job.owner,
-                name=f"{version.dataset.name} v{version.number} · job {job.pk}"[:100],
+                name=name,
                 source=AdapterSource.TRAINED,
                 base_model=job.base_model,
                 base_model_hash=trained_on.content_hash,
@@ -255,7 +265,7 @@ def _publish(job: FineTuneJob, *, result, staging: Path, trained_on) -> None:
                 dataset_version=version,
                 engine_id=engine_id,
                 path=str(final),
-                sha256=_sha256(final / "adapter_model.safetensors"),
+                sha256=sha256_file(final / ADAPTER_WEIGHTS),
                 config=config,
                 metrics=metrics,
             )
@@ -274,16 +284,6 @@ def _publish(job: FineTuneJob, *, result, staging: Path, trained_on) -> None:
         _log(job, f"Loaded into the engine as {engine_id}.")
     except InferenceError as error:
         _log(job, f"Not loaded into the engine now ({error}); it loads the first time a request names it.")
-
-
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # --- progress ------------------------------------------------------------------------------------------

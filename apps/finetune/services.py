@@ -35,7 +35,6 @@ cancelled job again, which resumes from its last checkpoint. The task body (`fin
 """
 
 import dataclasses
-import hashlib
 import io
 import json
 import math
@@ -54,7 +53,6 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models import Max
 from django.utils import timezone
-from django.utils.text import slugify
 
 from apps.arena.models import Battle, Mode
 from apps.arena.services import ArenaError, battle_start
@@ -68,6 +66,8 @@ from apps.finetune import datasets
 from apps.finetune.datasets import DatasetInvalid, Example, Problem, dataset_from_examples, dataset_parse
 from apps.finetune.formats import preference_file_convert
 from apps.finetune.jobs import (  # noqa: F401 (the task body and beat's sweep, exported as services)
+    adapter_engine_id_new,
+    adapters_dir,
     finetune_job_run,
     finetune_jobs_fail_stale,
     training_settings_to_dict,
@@ -98,6 +98,7 @@ from apps.registry.selectors import base_model_get_ready
 from inference.adapters import ADAPTER_CONFIG, ADAPTER_WEIGHTS, read_peft_adapter
 from inference.adapters import AdapterError as PeftAdapterInvalid
 from inference.config import DecoderConfig
+from inference.export import sha256_file
 
 
 class DatasetError(Exception):
@@ -441,19 +442,6 @@ def _adapter_config_parse(config_file) -> dict:
     return config
 
 
-def _engine_id(name: str) -> str:
-    """A new slug the engine knows the adapter by; random, so it says nothing about other adapters."""
-    return f"ft-{slugify(name)[:40] or 'adapter'}-{secrets.token_hex(4)}"
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def adapter_upload(*, owner, name: str, base_model: BaseModel, weights_file, config_file) -> Adapter:
     """A LoRA adapter from outside: `weights_file` (adapter_model.safetensors) and `config_file`
     (adapter_config.json), validated against `base_model`, stored and recorded as the owner's."""
@@ -478,8 +466,7 @@ def adapter_upload(*, owner, name: str, base_model: BaseModel, weights_file, con
     if hf_dir is None:
         raise AdapterError(f"The shape of {base_model} is unknown here, so the adapter cannot be checked against it.")
 
-    root = Path(settings.FINETUNE_ADAPTERS_DIR)
-    staging = root / ".staging" / secrets.token_hex(8)
+    staging = adapters_dir() / ".staging" / secrets.token_hex(8)
     staging.mkdir(parents=True)
     try:
         with (staging / ADAPTER_WEIGHTS).open("wb") as out:
@@ -490,9 +477,9 @@ def adapter_upload(*, owner, name: str, base_model: BaseModel, weights_file, con
             read_peft_adapter(staging, DecoderConfig.from_hf(hf_dir), max_rank=settings.FINETUNE_ADAPTER_MAX_RANK)
         except PeftAdapterInvalid as error:
             raise AdapterError(f"The adapter does not fit {base_model}: {error}.") from None
-        sha256 = _sha256(staging / ADAPTER_WEIGHTS)
-        engine_id = _engine_id(name)
-        final = root / engine_id
+        sha256 = sha256_file(staging / ADAPTER_WEIGHTS)
+        engine_id = adapter_engine_id_new(name=name)
+        final = adapters_dir() / engine_id
         staging.rename(final)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
