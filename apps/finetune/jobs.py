@@ -50,6 +50,7 @@ from django.utils import timezone
 from django.utils.text import slugify
 
 from apps.finetune.models import Adapter, AdapterSource, FineTuneJob, JobLogLine, JobStatus, Method, MetricPoint
+from apps.finetune.selectors import base_model_training_row
 from apps.finetune.training_settings import LoraSettings, TrainingSettings
 from apps.loop.drafts import loop_draft_create
 from inference.adapters import ADAPTER_WEIGHTS
@@ -83,18 +84,6 @@ def adapter_engine_id_new(*, name: str) -> str:
 
 def checkpoint_dir(job: FineTuneJob) -> Path:
     return settings.FINETUNE_DIR / "jobs" / str(job.pk)
-
-
-def _training_row(base_model):
-    """The registry row whose Hugging Face folder trains `base_model` (base_model_training_dir's): its
-    content_hash is the adapter's base_model_hash. None when there is none."""
-    from apps.finetune.selectors import base_model_training_dir
-    from apps.registry.models import BaseModel
-
-    hf_dir = base_model_training_dir(base_model=base_model)
-    if hf_dir is None:
-        return None
-    return BaseModel.objects.filter(name=base_model.name, path=str(hf_dir.parent)).first()
 
 
 def training_settings_to_dict(settings: TrainingSettings) -> dict:
@@ -203,7 +192,7 @@ def _train_and_publish(job: FineTuneJob, progress: _Progress) -> None:
 
     if settings.FINETUNE_TORCH_THREADS:
         torch.set_num_threads(settings.FINETUNE_TORCH_THREADS)
-    trained_on = _training_row(job.base_model)
+    trained_on = base_model_training_row(base_model=job.base_model)
     if trained_on is None:
         raise TrainingError(f"{job.base_model} has no trainable weights on this machine")
     examples = list(job.dataset_version.examples.order_by("index").values_list("record", flat=True))
