@@ -61,6 +61,7 @@ log = logging.getLogger(__name__)
 WORKER_LOST = "The worker stopped while training (killed, or its machine restarted). Retry to resume."
 QUEUE_LOST = "No worker took this job (its queue message was lost, or no fine-tune worker runs). Retry it."
 INTERNAL_ERROR = "An internal error stopped the job; the worker's log has the details. Retry it."
+CANCELLED_QUEUED = "Cancelled before it started."
 METRIC_KINDS = ("train", "validation")
 
 
@@ -149,7 +150,7 @@ def _claim(job_id: int) -> FineTuneJob | None:
             return None
         now = timezone.now()
         if job.cancel_requested:
-            job.status, job.finished_at, job.message = JobStatus.CANCELLED, now, "Cancelled before it started."
+            job.status, job.finished_at, job.message = JobStatus.CANCELLED, now, CANCELLED_QUEUED
             job.save(update_fields=["status", "finished_at", "message"])
             return None
         job.status, job.attempts, job.heartbeat_at, job.message = JobStatus.RUNNING, job.attempts + 1, now, ""

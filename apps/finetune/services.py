@@ -66,6 +66,7 @@ from apps.finetune import datasets
 from apps.finetune.datasets import DatasetInvalid, Example, Problem, dataset_from_examples, dataset_parse
 from apps.finetune.formats import preference_file_convert
 from apps.finetune.jobs import (  # noqa: F401 (the task body and beat's sweep, exported as services)
+    CANCELLED_QUEUED,
     adapter_engine_id_new,
     adapters_dir,
     finetune_job_run,
@@ -599,7 +600,6 @@ METHOD_FOR_KIND = {DatasetKind.SFT: Method.SFT, DatasetKind.PREFERENCE: Method.D
 LORA_KEYS = ("rank", "alpha", "dropout", "target_modules")
 TRAINING_KEYS = ("learning_rate", "epochs", "batch_size", "max_length", "seed")
 SETTING_KEYS = LORA_KEYS + TRAINING_KEYS
-CANCELLED_QUEUED = "Cancelled before it started."
 SMALL_DATASET = 100  # examples: below it one more epoch, since each epoch is only a few steps
 CHECKPOINTS_PER_RUN = 4  # at least, so a killed small job still resumes part-way
 
