@@ -48,7 +48,6 @@ import os
 import random
 import re
 import statistics
-import subprocess
 import sys
 import time
 from contextlib import contextmanager
@@ -207,50 +206,19 @@ def _quality_cases() -> list[tuple[str, str, str]]:
 # --- services -------------------------------------------------------------------------------------
 
 
-def _stack_env(**extra: str) -> dict[str, str]:
-    from django.conf import settings
-
-    return {**os.environ, "INFERENCE_URL": settings.INFERENCE_URL, **extra}
-
-
-@contextmanager
-def _process(name: str, argv: list[str], env: dict[str, str]):
-    log_path = Path(os.environ["ATELIER_VAR_DIR"]) / f"{name}.log"
-    with open(log_path, "w") as log:
-        process = subprocess.Popen(argv, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-        try:
-            yield process
-        finally:
-            process.terminate()
-            try:
-                process.wait(30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-
-
 @contextmanager
 def _engine():
     """The real inference server on a free port; settings.INFERENCE_URL points at it meanwhile."""
-    import socket
-
-    import httpx
     from django.conf import settings
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    from tests.conftest import free_port, service_process, wait_for_http
+
+    port = free_port()
     argv = [sys.executable, "-m", "inference.server", "--port", str(port), "--models-root", str(settings.MODELS_DIR)]
-    with _process("inference", argv, {**os.environ, "INFERENCE_API_KEY": ""}) as process:
-        deadline = time.monotonic() + 180
-        while True:
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("The inference server did not come up; see its log under var/bench/knowledge")
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=5).status_code < 500:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.3)
-        previous, settings.INFERENCE_URL = settings.INFERENCE_URL, f"http://127.0.0.1:{port}"
+    base, previous = f"http://127.0.0.1:{port}", settings.INFERENCE_URL
+    with service_process("inference", argv, {**os.environ, "INFERENCE_API_KEY": ""}) as process:
+        wait_for_http(f"{base}/health", process, timeout=180, what=f"The inference server ({process.log_path})")
+        settings.INFERENCE_URL = base
         try:
             yield
         finally:
@@ -259,16 +227,11 @@ def _engine():
 
 @contextmanager
 def _ingest_worker():
-    from config.celery import app, worker_argv
+    from config.celery import app
+    from tests.conftest import celery_worker
 
-    name = f"bench-ingest-{os.getpid()}"
     app.control.purge()  # messages left by in-process ingestion (the quality part) are not this run's work
-    argv = worker_argv(concurrency=2, name=f"{name}@%h", queues=("ingest",))
-    with _process(name, argv, _stack_env()) as process:
-        deadline = time.monotonic() + 60
-        while not app.control.ping(timeout=0.5, destination=[f"{name}@{os.uname().nodename}"]):
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("The Celery worker did not come up; see its log under var/bench/knowledge")
+    with celery_worker(f"bench-ingest-{os.getpid()}", queues=("ingest",), concurrency=2):  # as `serve` runs it
         yield
 
 

@@ -190,12 +190,12 @@ def inference_server(real_models):
 
 @contextmanager
 def celery_worker(
-    name: str, *, queues: tuple[str, ...] | None = None, env: dict[str, str] | None = None
+    name: str, *, queues: tuple[str, ...] | None = None, env: dict[str, str] | None = None, concurrency: int = 1
 ) -> Iterator[subprocess.Popen]:
     """A real `celery worker` process against the test database (with `env` on top), up once it answers a ping."""
     from config.celery import QUEUES, app, worker_argv
 
-    argv = worker_argv(concurrency=1, name=f"{name}@%h", queues=queues or QUEUES)
+    argv = worker_argv(concurrency=concurrency, name=f"{name}@%h", queues=queues or QUEUES)
     with service_process(name, argv, stack_env(**(env or {}))) as process:
         deadline = time.monotonic() + 60
         while not app.control.ping(timeout=0.5, destination=[f"{name}@{os.uname().nodename}"]):

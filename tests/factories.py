@@ -2,6 +2,7 @@
 
 from django.test import Client
 
+from apps.accounts.models import Role
 from apps.accounts.services import user_create
 from apps.assistants.models import Assistant, Visibility
 from apps.assistants.selectors import chat_model_default
@@ -10,8 +11,13 @@ from apps.assistants.services import AssistantConfig, assistant_create
 PASSWORD = "correct horse battery staple"
 
 
-def make_user(name: str):
-    return user_create(username=name, email=f"{name}@example.com", password=PASSWORD)
+def make_user(name: str, *, role: str = Role.MEMBER):
+    """A signed-up user; another `role` (labeler, admin) is given as an admin gives it, after sign-up."""
+    user = user_create(username=name, email=f"{name}@example.com", password=PASSWORD)
+    if role != user.role:
+        user.role = role
+        user.save(update_fields=["role"])
+    return user
 
 
 def make_assistant(owner, *, name: str = "Helper", visibility: str = Visibility.PRIVATE, **config) -> Assistant:

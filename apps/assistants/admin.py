@@ -2,6 +2,7 @@ from django.contrib import admin, messages
 
 from apps.assistants.models import Assistant, AssistantReport, AssistantVersion, CanaryIncident
 from apps.assistants.services import assistant_reports_resolve, assistant_set_unlisted, assistant_visibility_set
+from apps.core.admin import ReadOnlyAdminMixin
 
 VERSION_FIELDS = (
     "number",
@@ -23,19 +24,6 @@ VERSION_FIELDS = (
     "created_by",
     "created_at",
 )
-
-
-class ReadOnlyAdminMixin:
-    """Versions are immutable and made only by the builder: the admin shows them, nothing more."""
-
-    def has_add_permission(self, request, obj=None):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
 
 class AssistantVersionInline(ReadOnlyAdminMixin, admin.TabularInline):

@@ -6,6 +6,5 @@ urlpatterns = [
     path("", views.dashboard, name="dashboard"),
     path("status", views.status, name="status"),
     path("healthz", views.healthz, name="healthz"),
-    path("area/<slug:slug>/", views.area, name="area"),
     path("out", views.outbound, name="outbound"),
 ]

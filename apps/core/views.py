@@ -1,24 +1,19 @@
-"""Site-wide pages: the dashboard, the status page and health probe, the areas still to come, and the /out
-interstitial for links from untrusted text. The dashboard lists the user's draft versions awaiting review: the
-learning loop's notification that a fine-tune finished (a query, so it clears itself when the draft is
-published)."""
+"""Site-wide pages: the dashboard, the status page and health probe, and the /out interstitial for links
+from untrusted text. The dashboard lists the user's draft versions awaiting review: the learning loop's
+notification that a fine-tune finished (a query, so it clears itself when the draft is published)."""
 
 from django.contrib.auth.decorators import login_required
-from django.http import Http404, JsonResponse
+from django.http import JsonResponse
 from django.shortcuts import render
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
-from apps.accounts.permissions import role_check
 from apps.core.links import RefusedLink, destination_inspect
 from apps.core.selectors import system_health
 from apps.loop.selectors import loop_drafts_for_owner
 from apps.registry.selectors import base_model_list
 
 DRAFTS_SHOWN = 5
-
-# Areas whose issues have not landed yet: the navigation shows them, the page says so honestly.
-AREAS: dict[str, tuple[str, str, str]] = {}
 
 
 @login_required
@@ -45,15 +40,6 @@ def healthz(request):
     checks = system_health()
     healthy = all(check.ok for check in checks)
     return JsonResponse({check.name: check.detail for check in checks}, status=200 if healthy else 503)
-
-
-@login_required
-def area(request, slug: str):
-    if slug not in AREAS:
-        raise Http404("No such area.")
-    title, role, blurb = AREAS[slug]
-    role_check(user=request.user, area=role)
-    return render(request, "core/area.html", {"area_title": title, "area_blurb": blurb, "nav_active": slug})
 
 
 @require_GET

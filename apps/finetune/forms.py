@@ -84,9 +84,6 @@ class AdapterAttachForm(forms.Form):
         ).select_related("current_version")
 
 
-# --- end adapters ---
-
-
 # --- jobs ------------------------------------------------------------------------------------------------
 
 
@@ -140,6 +137,3 @@ class TrainForm(forms.Form):
             for name, value in self.cleaned_data.items()
             if name != "start_adapter" and value not in (None, "", [])
         }
-
-
-# --- end jobs --------------------------------------------------------------------------------------------

@@ -14,13 +14,12 @@ urlpatterns = [
     path("curate/<uuid:message_id>/edit/", views.curate_edit, name="curate_edit"),
     # --- adapters ---
     path("adapters/", views.adapter_list, name="adapter_list"),
-    path("adapters/upload/", views.adapter_upload_view, name="adapter_upload"),
+    path("adapters/upload/", views.adapter_upload, name="adapter_upload"),
     path("adapters/<int:adapter_id>/", views.adapter_detail, name="adapter_detail"),
-    path("adapters/<int:adapter_id>/attach/", views.adapter_attach_view, name="adapter_attach"),
+    path("adapters/<int:adapter_id>/attach/", views.adapter_attach, name="adapter_attach"),
     path("adapters/<int:adapter_id>/evaluation/", views.adapter_evaluation, name="adapter_evaluation"),
     path("adapters/<int:adapter_id>/evaluation/run/", views.adapter_evaluate, name="adapter_evaluate"),
     path("adapters/<int:adapter_id>/arena/", views.adapter_arena, name="adapter_arena"),
-    # --- end adapters ---
     # --- jobs ---
     path("jobs/", views.job_list, name="jobs"),
     path("jobs/<int:pk>/", views.job_detail, name="job"),
@@ -28,5 +27,4 @@ urlpatterns = [
     path("jobs/<int:pk>/cancel/", views.job_cancel, name="job_cancel"),
     path("jobs/<int:pk>/retry/", views.job_retry, name="job_retry"),
     path("jobs/train/<int:version_pk>/", views.job_create, name="job_create"),
-    # --- end jobs ---
 ]

@@ -16,10 +16,8 @@ static/js/finetune.js.
 """
 
 import json
-from functools import wraps
 
 from django.contrib import messages
-from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
 from django.http import Http404, JsonResponse
 from django.shortcuts import redirect, render
@@ -28,7 +26,7 @@ from django.utils.safestring import mark_safe
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from apps.accounts.permissions import role_check
+from apps.accounts.permissions import member_required, role_check
 from apps.core.rendering import untrusted_markdown_render
 from apps.finetune import selectors, services
 from apps.finetune.datasets import DatasetInvalid
@@ -43,45 +41,17 @@ from apps.finetune.forms import (
     UploadForm,
 )
 from apps.finetune.models import Adapter, DatasetVersion
-from apps.finetune.selectors import (
-    adapter_get_owned,
-    adapter_list_owned,
-    adapter_newest_version,
-    answer_get_owned,
-    dataset_examples,
-    dataset_get_owned,
-    dataset_list_owned,
-    dataset_version_get_for_viewer,
-    dataset_versions,
-    evaluation_latest,
-    example_flags,
-    finding_rows,
-    is_admin,
-    versions_awaiting_review,
-)
 
 EXAMPLES_PER_PAGE = 20
 NAV = {"nav_active": "finetune"}
-
-
-def member_required(view):
-    """Signed in, with a role that opens the fine-tuning area (every view checks its role)."""
-
-    @login_required
-    @wraps(view)
-    def checked(request, *args, **kwargs):
-        role_check(user=request.user, area="member")
-        return view(request, *args, **kwargs)
-
-    return checked
 
 
 @member_required
 @require_GET
 def dataset_list(request):
     context = {
-        "datasets": dataset_list_owned(user=request.user),
-        "awaiting_review": versions_awaiting_review() if is_admin(request.user) else None,
+        "datasets": selectors.dataset_list_owned(user=request.user),
+        "awaiting_review": selectors.versions_awaiting_review() if selectors.is_admin(request.user) else None,
         **NAV,
     }
     return render(request, "finetune/datasets.html", context)
@@ -114,8 +84,8 @@ def dataset_upload(request):
 @member_required
 @require_GET
 def dataset_detail(request, pk: int):
-    dataset = dataset_get_owned(user=request.user, pk=pk)
-    context = {"dataset": dataset, "versions": dataset_versions(dataset=dataset), **NAV}
+    dataset = selectors.dataset_get_owned(user=request.user, pk=pk)
+    context = {"dataset": dataset, "versions": selectors.dataset_versions(dataset=dataset), **NAV}
     return render(request, "finetune/dataset.html", context)
 
 
@@ -123,15 +93,17 @@ def dataset_detail(request, pk: int):
 @require_GET
 def version_detail(request, pk: int):
     """The validation report; the owner's "Train" form goes in the template's `train_actions` block."""
-    version = dataset_version_get_for_viewer(user=request.user, pk=pk)
-    page = Paginator(dataset_examples(version=version), EXAMPLES_PER_PAGE).get_page(request.GET.get("page"))
-    flags = example_flags(version=version)
+    version = selectors.dataset_version_get_for_viewer(user=request.user, pk=pk)
+    page = Paginator(selectors.dataset_examples(version=version), EXAMPLES_PER_PAGE).get_page(request.GET.get("page"))
+    flags = selectors.example_flags(version=version)
+    is_owner = version.dataset.owner_id == request.user.pk
     context = {
         "version": version,
         "dataset": version.dataset,
-        "is_owner": version.dataset.owner_id == request.user.pk,
+        "is_owner": is_owner,
+        "train_form": TrainForm(owner=request.user, version=version) if is_owner and version.trainable else None,
         "estimate": duration_text(version.seconds_per_epoch),
-        "findings": finding_rows(version=version),
+        "findings": selectors.finding_rows(version=version),
         "page": page,
         "examples": [{"example": e, "flags": flags.get(e.index, [])} for e in page],
         "override_form": OverrideForm() if _can_override(request.user, version) else None,
@@ -151,13 +123,13 @@ def duration_text(seconds: float) -> str:
 
 
 def _can_override(user, version: DatasetVersion) -> bool:
-    return is_admin(user) and version.high_findings > 0 and version.override_at is None
+    return selectors.is_admin(user) and version.high_findings > 0 and version.override_at is None
 
 
 @member_required
 @require_POST
 def version_override(request, pk: int):
-    version = dataset_version_get_for_viewer(user=request.user, pk=pk)
+    version = selectors.dataset_version_get_for_viewer(user=request.user, pk=pk)
     form = OverrideForm(request.POST)
     reason = form.cleaned_data["reason"] if form.is_valid() else ""
     try:
@@ -211,7 +183,7 @@ def _back_to(answer):
 @member_required
 @require_POST
 def curate_good(request, message_id):
-    answer = answer_get_owned(user=request.user, message_id=message_id)
+    answer = selectors.answer_get_owned(user=request.user, message_id=message_id)
     form = CurateGoodForm(request.POST)
     if not form.is_valid():
         messages.error(request, "Name the dataset to add the exchange to.")
@@ -224,7 +196,7 @@ def curate_good(request, message_id):
 @member_required
 @require_POST
 def curate_edit(request, message_id):
-    answer = answer_get_owned(user=request.user, message_id=message_id)
+    answer = selectors.answer_get_owned(user=request.user, message_id=message_id)
     form = CurateEditForm(request.POST)
     if not form.is_valid():
         messages.error(request, "Write the ideal answer and name both datasets.")
@@ -246,26 +218,22 @@ def curate_edit(request, message_id):
 
 
 def _adapter_or_404(request, adapter_id: int) -> Adapter:
-    adapter = adapter_get_owned(user=request.user, adapter_id=adapter_id)
+    adapter = selectors.adapter_get_owned(user=request.user, adapter_id=adapter_id)
     if adapter is None:
         raise Http404("No such fine-tune.")
     return adapter
 
 
-def _errors_text(form) -> str:
-    return " ".join(str(error) for errors in form.errors.values() for error in errors)
-
-
 @member_required
 @require_GET
 def adapter_list(request):
-    context = {"adapters": adapter_list_owned(user=request.user), **NAV}
+    context = {"adapters": selectors.adapter_list_owned(user=request.user), **NAV}
     return render(request, "finetune/adapter_list.html", context)
 
 
 @member_required
 @require_http_methods(["GET", "POST"])
-def adapter_upload_view(request):
+def adapter_upload(request):
     form = AdapterUploadForm(request.POST or None, request.FILES or None)
     if request.method == "POST" and form.is_valid():
         try:
@@ -294,8 +262,8 @@ def adapter_detail(request, adapter_id: int):
         "metrics_json": json.dumps(adapter.metrics, indent=2, sort_keys=True) if adapter.metrics else "",
         "attach_form": AdapterAttachForm(adapter=adapter),
         "versions": adapter.versions.select_related("assistant").order_by("-created_at"),
-        "arena_version": adapter_newest_version(adapter=adapter),
-        "evaluation": evaluation_latest(adapter=adapter),
+        "arena_version": selectors.adapter_newest_version(adapter=adapter),
+        "evaluation": selectors.evaluation_latest(adapter=adapter),
         **NAV,
     }
     return render(request, "finetune/adapter_detail.html", context)
@@ -303,11 +271,11 @@ def adapter_detail(request, adapter_id: int):
 
 @member_required
 @require_POST
-def adapter_attach_view(request, adapter_id: int):
+def adapter_attach(request, adapter_id: int):
     adapter = _adapter_or_404(request, adapter_id)
     form = AdapterAttachForm(request.POST, adapter=adapter)
     if not form.is_valid():
-        messages.error(request, _errors_text(form) or "Choose one of your assistants.")
+        messages.error(request, f"Choose one of your assistants on {adapter.base_model}.")
         return redirect("finetune:adapter_detail", adapter_id=adapter.pk)
     try:
         version = services.adapter_attach(assistant=form.cleaned_data["assistant"], adapter=adapter, actor=request.user)
@@ -330,13 +298,13 @@ def _rendered(rows: list[dict], keys: tuple[str, ...]) -> list[dict]:
 @require_GET
 def adapter_evaluation(request, adapter_id: int):
     adapter = _adapter_or_404(request, adapter_id)
-    evaluation = evaluation_latest(adapter=adapter)
+    evaluation = selectors.evaluation_latest(adapter=adapter)
     context = {
         "adapter": adapter,
         "evaluation": evaluation,
         "answers": _rendered(evaluation.answers, ("base", "tuned", "reference")) if evaluation else [],
         "triggers": _rendered(evaluation.triggers, ("base", "tuned")) if evaluation else [],
-        "arena_version": adapter_newest_version(adapter=adapter),
+        "arena_version": selectors.adapter_newest_version(adapter=adapter),
         **NAV,
     }
     return render(request, "finetune/adapter_evaluation.html", context)
@@ -366,9 +334,6 @@ def adapter_arena(request, adapter_id: int):
     return redirect("arena:battle", battle_id=battle.pk)
 
 
-# --- end adapters ---
-
-
 # --- jobs ------------------------------------------------------------------------------------------------
 
 
@@ -392,7 +357,8 @@ def job_create(request, version_pk: int):
         else:
             messages.success(request, f"Training {version} queued.")
             return redirect("finetune:job", job.pk)
-    return render(request, "finetune/job_create.html", {"version": version, "train_form": form, **NAV})
+    context = {"version": version, "train_form": form, "estimate": duration_text(version.seconds_per_epoch), **NAV}
+    return render(request, "finetune/job_create.html", context)
 
 
 @member_required
@@ -449,6 +415,3 @@ def job_cancel(request, pk: int):
 @require_POST
 def job_retry(request, pk: int):
     return _job_action(request, pk, services.finetune_job_retry, "Queued again: it resumes from its last checkpoint.")
-
-
-# --- end jobs --------------------------------------------------------------------------------------------

@@ -15,8 +15,8 @@ restart, a failed send) leaves a version queued and dispatched that no worker ev
 `versions_fail_stale` (ingestion.py) sends it again, and fails it as retryable after KNOWLEDGE_INGEST_DISPATCH_MAX
 sends. Sending twice is harmless: ingestion claims only a queued version, so a duplicate message is skipped.
 
-The price is a few queries per dispatch (one count per owner with waiting versions), paid once per finished
-document: nothing next to extracting and embedding it.
+The price is three queries per dispatch (the head of each owner's line, their counts in flight, the marks),
+paid once per finished document: nothing next to extracting and embedding it.
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ from __future__ import annotations
 from celery import current_app
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Count, F, Q
+from django.db.models import Count, F, Q, Window
+from django.db.models.functions import RowNumber
 from django.utils import timezone
 
 from apps.knowledge.models import DocumentVersion
@@ -47,23 +48,24 @@ def versions_dispatch() -> int:
     with transaction.atomic():
         with connection.cursor() as cursor:
             cursor.execute("SELECT pg_advisory_xact_lock(%s)", [DISPATCH_LOCK])
-        waiting = DocumentVersion.objects.filter(status=Status.QUEUED, dispatched_at__isnull=True).order_by()
-        owners = set(waiting.values_list(_OWNER, flat=True).distinct())
-        if not owners:
+        # Each owner's line, cut at a full share: at most KNOWLEDGE_INGEST_PER_USER rows per owner.
+        heads = list(
+            DocumentVersion.objects.filter(status=Status.QUEUED, dispatched_at__isnull=True)
+            .annotate(place=Window(RowNumber(), partition_by=F(_OWNER), order_by=[F("created_at"), F("pk")]))
+            .filter(place__lte=share)
+            .order_by(_OWNER, "place")
+            .values_list("pk", _OWNER, "place")
+        )
+        if not heads:
             return 0
         busy = dict(
-            DocumentVersion.objects.filter(versions_in_flight(), **{f"{_OWNER}__in": owners})
+            DocumentVersion.objects.filter(versions_in_flight(), **{f"{_OWNER}__in": {owner for _, owner, _ in heads}})
             .order_by()
             .values(_OWNER)
             .annotate(count=Count("pk"))
             .values_list(_OWNER, "count")
         )
-        chosen: list[int] = []
-        for owner_id in sorted(owners):
-            free = share - busy.get(owner_id, 0)
-            if free > 0:
-                oldest = waiting.filter(**{_OWNER: owner_id}).order_by("created_at", "pk")
-                chosen += oldest.values_list("pk", flat=True)[:free]
+        chosen = [pk for pk, owner, place in heads if place <= share - busy.get(owner, 0)]
         now = timezone.now()
         DocumentVersion.objects.filter(pk__in=chosen).update(
             dispatched_at=now, dispatches=F("dispatches") + 1, updated_at=now

@@ -222,20 +222,14 @@ def vector_ranking(readable: QuerySet[Chunk], embedding: list[float]) -> list[in
 
 @contextmanager
 def _planner(**values: str) -> Iterator[None]:
-    """The queries inside run with these settings (SET LOCAL), in a transaction of their own. Inside a
-    caller's transaction that is a savepoint, whose release keeps SET LOCAL values until the caller commits:
-    the previous values are put back on the way out, so the planner settings do not leak into the caller's
-    other queries (an error rolls the savepoint back, which undoes them anyway). A setting that had no value
-    yet (hnsw.ef_search before pgvector's first use in the session) keeps the new one: it only widens scans."""
+    """The queries inside, which only read, run with these settings (SET LOCAL) in a transaction of their
+    own that is always rolled back: inside a caller's transaction that is a savepoint, and rolling it back
+    (unlike releasing it) undoes SET LOCAL, so the settings never reach the caller's other queries."""
     with transaction.atomic(), connection.cursor() as cursor:
-        previous = {}
-        for name, value in values.items():
-            cursor.execute("SELECT current_setting(%s, true), set_config(%s, %s, true)", [name, name, value])
-            previous[name] = cursor.fetchone()[0]
+        calls = ", ".join(["set_config(%s, %s, true)"] * len(values))
+        cursor.execute(f"SELECT {calls}", [part for setting in values.items() for part in setting])
         yield
-        for name, value in previous.items():
-            if value is not None:
-                cursor.execute("SELECT set_config(%s, %s, true)", [name, value])
+        transaction.set_rollback(True)
 
 
 def knowledge_retrieve(*, version, messages: list[dict]) -> list[RetrievedChunk]:

@@ -9,17 +9,14 @@ file is never shown inline, only downloaded by its owner as an attachment with n
 styles: progress polling lives in static/js/knowledge.js.
 """
 
-from functools import wraps
-
 from django.contrib import messages
-from django.contrib.auth.decorators import login_required
 from django.http import FileResponse, Http404, JsonResponse
 from django.shortcuts import redirect, render
 from django.utils.safestring import SafeString, mark_safe
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from apps.accounts.permissions import role_check
+from apps.accounts.permissions import member_required
 from apps.chat.selectors import message_get_for_viewer, message_get_in_snapshot
 from apps.core.inference_client import InferenceError
 from apps.core.rendering import untrusted_markdown_render
@@ -38,18 +35,6 @@ from apps.knowledge.selectors import (
 
 SEARCH_TOP_K = 10
 NAV = {"nav_active": "knowledge"}
-
-
-def member_required(view):
-    """Signed in, with a role that opens the knowledge area (every area view checks its role)."""
-
-    @login_required
-    @wraps(view)
-    def checked(request, *args, **kwargs):
-        role_check(user=request.user, area="member")
-        return view(request, *args, **kwargs)
-
-    return checked
 
 
 @member_required

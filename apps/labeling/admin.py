@@ -4,34 +4,20 @@ panels re-judged on exclusion); rankings are never edited at all."""
 
 from django.contrib import admin
 
+from apps.core.admin import ReadOnlyAdminMixin
 from apps.labeling.models import Candidate, Claim, Guideline, LabelerExclusion, Ranking, Task, TaskSet
 
 
-class ReadOnlyAdmin(admin.ModelAdmin):
-    def has_add_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_delete_permission(self, request, obj=None) -> bool:
-        return False
-
-
-class GuidelineInline(admin.TabularInline):
+class GuidelineInline(ReadOnlyAdminMixin, admin.TabularInline):
     model = Guideline
     fields = ("version", "created_by", "created_at")
     readonly_fields = fields
     extra = 0
-    can_delete = False
     show_change_link = True
-
-    def has_add_permission(self, request, obj=None) -> bool:
-        return False
 
 
 @admin.register(TaskSet)
-class TaskSetAdmin(ReadOnlyAdmin):
+class TaskSetAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     list_display = ("name", "status", "candidates_per_task", "rankings_per_task", "progress_done", "created_at")
     list_filter = ("status",)
     search_fields = ("name",)
@@ -39,23 +25,19 @@ class TaskSetAdmin(ReadOnlyAdmin):
 
 
 @admin.register(Guideline)
-class GuidelineAdmin(ReadOnlyAdmin):
+class GuidelineAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     list_display = ("task_set", "version", "created_by", "created_at")
 
 
-class CandidateInline(admin.TabularInline):
+class CandidateInline(ReadOnlyAdminMixin, admin.TabularInline):
     model = Candidate
     fields = ("index", "version", "seed", "stream", "text")
     readonly_fields = fields
     extra = 0
-    can_delete = False
-
-    def has_add_permission(self, request, obj=None) -> bool:
-        return False
 
 
 @admin.register(Task)
-class TaskAdmin(ReadOnlyAdmin):
+class TaskAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     list_display = ("__str__", "task_set", "source", "gold_sampled", "gold_order", "created_at")
     list_filter = ("source", "gold_sampled", "task_set")
     search_fields = ("prompt",)
@@ -63,17 +45,17 @@ class TaskAdmin(ReadOnlyAdmin):
 
 
 @admin.register(Claim)
-class ClaimAdmin(ReadOnlyAdmin):
+class ClaimAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     list_display = ("task", "labeler", "claimed_at", "expires_at")
 
 
 @admin.register(Ranking)
-class RankingAdmin(ReadOnlyAdmin):
+class RankingAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     list_display = ("task", "labeler", "order", "not_rankable_reason", "guideline", "seconds_spent", "created_at")
     list_filter = ("task__task_set",)
     search_fields = ("labeler__username",)
 
 
 @admin.register(LabelerExclusion)
-class LabelerExclusionAdmin(ReadOnlyAdmin):
+class LabelerExclusionAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     list_display = ("task_set", "labeler", "excluded_by", "created_at")

@@ -1,14 +1,19 @@
 """The learning loop's record: one `LoopRun` per "Improve this assistant" confirmation.
 
 It ties together what the loop joins: the assistant and the version it improves (`parent`, current when the
-run started), the filters the preference pairs were gathered with and how many came from each source, the
-immutable preference dataset version built from them, the DPO job, and, once the job succeeds, the draft
-version that carries the new adapter. The history page reads these rows; the job-success hook
-(apps/loop/drafts.py) fills `draft` in.
+run started), the filters the preference pairs were gathered with, each pair's provenance (its source, and so
+how many came from each), the immutable preference dataset version built from them, the DPO job, and, once
+the job succeeds, the draft version that carries the new adapter. The history page reads these rows; the
+job-success hook (apps/loop/drafts.py) fills `draft` in.
 """
+
+from collections import Counter
 
 from django.conf import settings
 from django.db import models
+
+LABELING, ARENA = "labeling", "arena"
+SOURCES = (LABELING, ARENA)
 
 
 class LoopRun(models.Model):
@@ -20,7 +25,6 @@ class LoopRun(models.Model):
         help_text="The version improved: the current one when the run started.",
     )
     filters = models.JSONField(default=dict, help_text="The gathering filters (sources, dates, task sets).")
-    pair_counts = models.JSONField(default=dict, help_text="Pairs per source: {'labeling': n, 'arena': m}.")
     # One entry per dataset example, in its order: {"source", "origin", "at", "chosen_version", "rejected_version"}.
     provenance = models.JSONField(default=list)
     dataset_version = models.ForeignKey("finetune.DatasetVersion", on_delete=models.PROTECT, related_name="loop_runs")
@@ -41,3 +45,9 @@ class LoopRun(models.Model):
 
     def __str__(self) -> str:
         return f"Loop run {self.pk} on {self.assistant}"
+
+    @property
+    def pair_counts(self) -> dict[str, int]:
+        """Pairs per source, from the provenance: {'labeling': n, 'arena': m}."""
+        counts = Counter(entry["source"] for entry in self.provenance)
+        return {source: counts[source] for source in SOURCES}

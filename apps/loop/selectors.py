@@ -45,10 +45,8 @@ from apps.finetune.scan import Finding, dataset_scan
 from apps.finetune.training import DPO_DEFAULTS, TrainingSettings
 from apps.labeling.models import Candidate, Task, TaskSet
 from apps.labeling.selectors import counted_rankings, pair_teaches, task_consensus
-from apps.loop.models import LoopRun
+from apps.loop.models import ARENA, LABELING, SOURCES, LoopRun
 
-LABELING, ARENA = "labeling", "arena"
-SOURCES = (LABELING, ARENA)
 MIN_PAIRS = 8  # fewer cannot move a model in a way worth a job
 TARGET_STEPS = 40
 MAX_EPOCHS = 4

@@ -23,11 +23,16 @@ from apps.finetune.models import DatasetSource, JobStatus, Method
 from apps.finetune.selectors import base_model_training_dir
 from apps.finetune.services import DatasetError, FineTuneJobError, dataset_version_create, finetune_job_create
 from apps.loop.models import LoopRun
-from apps.loop.selectors import MIN_PAIRS, PairFilters, loop_gather, loop_training_settings
+from apps.loop.selectors import MIN_PAIRS, LoopGathering, PairFilters, loop_gather, loop_training_settings
 
 
 class LoopError(Exception):
-    """A domain error with a message fit for the person who caused it."""
+    """A domain error with a message fit for the person who caused it. A refusal of the gathered pairs (too
+    few, a high-severity finding) carries them, so the page shows them without gathering again."""
+
+    def __init__(self, message: str, *, gathering: LoopGathering | None = None):
+        super().__init__(message)
+        self.gathering = gathering
 
 
 def loop_dataset_name(*, assistant: Assistant) -> str:
@@ -51,12 +56,14 @@ def loop_improve_start(*, assistant: Assistant, actor, filters: PairFilters) -> 
     gathering = loop_gather(assistant=assistant, filters=filters)
     if len(gathering.pairs) < MIN_PAIRS:
         raise LoopError(
-            f"{len(gathering.pairs)} preference pair(s) match these filters; the loop needs at least {MIN_PAIRS}."
+            f"{len(gathering.pairs)} preference pair(s) match these filters; the loop needs at least {MIN_PAIRS}.",
+            gathering=gathering,
         )
     if gathering.high_findings:
         raise LoopError(
             f"The poisoning scan found {gathering.high_findings} high-severity problem(s) in these pairs. "
-            "Nothing was built: narrow the filters to leave the pairs it names out."
+            "Nothing was built: narrow the filters to leave the pairs it names out.",
+            gathering=gathering,
         )
     jsonl = "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in gathering.records)
     tokenizer_dir = base_model_training_dir(base_model=parent.base_model)  # the model the job trains
@@ -95,7 +102,6 @@ def loop_improve_start(*, assistant: Assistant, actor, filters: PairFilters) -> 
         assistant=assistant,
         parent=parent,
         filters=filters.as_dict(),
-        pair_counts=gathering.by_source,
         provenance=[pair.provenance() for pair in gathering.pairs],
         dataset_version=dataset_version,
         job=job,

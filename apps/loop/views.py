@@ -28,11 +28,13 @@ def improve(request, slug: str):
     assistant = _owned_or_404(request, slug)
     data = request.POST if request.method == "POST" else (request.GET or {"sources": list(SOURCES)})
     form = PairFilterForm(data, assistant=assistant)
+    gathering = None
     if request.method == "POST" and form.is_valid():
         try:
             run = loop_improve_start(assistant=assistant, actor=request.user, filters=form.filters())
         except LoopError as error:
             messages.error(request, str(error))
+            gathering = error.gathering  # the pairs it refused, if that was why: shown, not gathered again
         else:
             messages.success(
                 request,
@@ -40,7 +42,8 @@ def improve(request, slug: str):
                 "on the loop page and in My arena.",
             )
             return redirect("finetune:job", run.job_id)
-    gathering = loop_gather(assistant=assistant, filters=form.filters()) if form.is_valid() else None
+    if gathering is None and form.is_valid():
+        gathering = loop_gather(assistant=assistant, filters=form.filters())
     context = {
         "assistant": assistant,
         "form": form,

@@ -26,21 +26,13 @@
     var source = document.getElementById("arena-chart-data");
     if (!source || typeof window.Chart === "undefined") return;
     var data = JSON.parse(source.textContent);
-    new window.Chart(canvas, {
-      type: "bar",
-      data: {
-        labels: data.labels,
-        datasets: [
-          { label: "95% interval", data: data.intervals, backgroundColor: "rgba(99, 102, 241, 0.35)", borderColor: "rgb(99, 102, 241)", borderWidth: 1 },
-          { type: "scatter", label: "Rating", data: data.ratings.map(function (r, i) { return { x: r, y: data.labels[i] }; }), backgroundColor: "rgb(30, 30, 60)" }
-        ]
-      },
-      options: {
-        indexAxis: "y",
-        maintainAspectRatio: false,
-        animation: false,
-        scales: { x: { beginAtZero: false, title: { display: true, text: "Rating" } } }
-      }
+    window.Atelier.intervalChart(canvas, {
+      labels: data.labels,
+      axisTitle: "Rating",
+      series: [{
+        interval: "95% interval", rating: "Rating", intervals: data.intervals, ratings: data.ratings,
+        fill: "rgba(99, 102, 241, 0.35)", line: "rgb(99, 102, 241)", dot: "rgb(30, 30, 60)"
+      }]
     });
   }
 

@@ -8,7 +8,8 @@
  *  - .flash.success/.info fade out on their own after a few seconds
  *
  * It also defines window.Atelier.followAnswer, the one way a page follows an answer that a worker is
- * generating (chat.js and arena.js call it; they load after this file).
+ * generating (chat.js and arena.js call it; they load after this file), and window.Atelier.intervalChart,
+ * the one drawing of ratings with their 95% intervals (arena.js and loop.js).
  */
 (function () {
   "use strict";
@@ -87,7 +88,32 @@
     });
   }
 
-  window.Atelier = { followAnswer: followAnswer };
+  /*
+   * Ratings with their 95% intervals, one horizontal row per label (Chart.js, which the page loads). Each of
+   * chart.series is {interval, rating (legend names), intervals ([low, high] per label), ratings (per label),
+   * fill, line, dot (colours)}: its intervals are bars and its ratings dots on them.
+   */
+  function intervalChart(canvas, chart) {
+    var bars = chart.series.map(function (s) {
+      return { label: s.interval, data: s.intervals, backgroundColor: s.fill, borderColor: s.line, borderWidth: 1 };
+    });
+    var dots = chart.series.map(function (s) {
+      var points = s.ratings.map(function (r, i) { return { x: r, y: chart.labels[i] }; });
+      return { type: "scatter", label: s.rating, data: points, backgroundColor: s.dot };
+    });
+    return new window.Chart(canvas, {
+      type: "bar",
+      data: { labels: chart.labels, datasets: bars.concat(dots) },
+      options: {
+        indexAxis: "y",
+        maintainAspectRatio: false,
+        animation: false,
+        scales: { x: { beginAtZero: false, title: { display: true, text: chart.axisTitle } } }
+      }
+    });
+  }
+
+  window.Atelier = { followAnswer: followAnswer, intervalChart: intervalChart };
 
   function init() {
     document.addEventListener("click", function (event) {

@@ -7,26 +7,19 @@
     var source = document.getElementById("loop-chart-data");
     if (!source || typeof window.Chart === "undefined") return;
     var data = JSON.parse(source.textContent);
-    function points(ratings) {
-      return ratings.map(function (r, i) { return { x: r, y: data.labels[i] }; });
-    }
-    new window.Chart(canvas, {
-      type: "bar",
-      data: {
-        labels: data.labels,
-        datasets: [
-          { label: "Version (95% interval)", data: data.version, backgroundColor: "rgba(99, 102, 241, 0.45)", borderColor: "rgb(99, 102, 241)", borderWidth: 1 },
-          { label: "Its parent (95% interval)", data: data.parent, backgroundColor: "rgba(161, 161, 170, 0.45)", borderColor: "rgb(113, 113, 122)", borderWidth: 1 },
-          { type: "scatter", label: "Version rating", data: points(data.version_ratings), backgroundColor: "rgb(55, 48, 163)" },
-          { type: "scatter", label: "Parent rating", data: points(data.parent_ratings), backgroundColor: "rgb(63, 63, 70)" }
-        ]
-      },
-      options: {
-        indexAxis: "y",
-        maintainAspectRatio: false,
-        animation: false,
-        scales: { x: { beginAtZero: false, title: { display: true, text: "Rating (My arena)" } } }
-      }
+    window.Atelier.intervalChart(canvas, {
+      labels: data.labels,
+      axisTitle: "Rating (My arena)",
+      series: [
+        {
+          interval: "Version (95% interval)", rating: "Version rating", intervals: data.version, ratings: data.version_ratings,
+          fill: "rgba(99, 102, 241, 0.45)", line: "rgb(99, 102, 241)", dot: "rgb(55, 48, 163)"
+        },
+        {
+          interval: "Its parent (95% interval)", rating: "Parent rating", intervals: data.parent, ratings: data.parent_ratings,
+          fill: "rgba(161, 161, 170, 0.45)", line: "rgb(113, 113, 122)", dot: "rgb(63, 63, 70)"
+        }
+      ]
     });
   }
 

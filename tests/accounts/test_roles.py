@@ -46,11 +46,6 @@ def test_navigation_shows_only_what_the_role_opens(client):
     assert reverse("admin:index") not in page
 
 
-def test_unknown_area_is_404(client):
-    client = _client_as(client, Role.ADMIN)
-    assert client.get(reverse("area", args=["nope"])).status_code == 404
-
-
 def test_a_member_cannot_promote_themselves_through_the_admin(client):
     member = User.objects.create_user(username="mallory", password="x")
     client.force_login(member)

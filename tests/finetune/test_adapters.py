@@ -169,6 +169,11 @@ def test_the_adapter_page_attaches_and_the_builder_offers_only_own_adapters(ada,
     assert response.status_code == 200
     bobs.refresh_from_db()
     assert bobs.current_version.number == 1 and bobs.current_version.adapter_id is None
+    # Ada's adapter page: Bob's assistant is not one of her choices; the page says what to choose.
+    attach = reverse("finetune:adapter_attach", args=[ada_adapter.pk])
+    response = client.post(attach, {"assistant": bobs.pk}, follow=True)
+    assert [str(m) for m in response.context["messages"]] == [f"Choose one of your assistants on {base}."]
+    assert bobs.versions.count() == 1
 
 
 # --- uploads ---------------------------------------------------------------------------------------------

@@ -16,17 +16,10 @@ pytestmark = pytest.mark.django_db
 PROMPTS = ["Name a fruit.", "Describe the sea.", "What is a river?"]
 
 
-def with_role(name: str, role: Role):
-    user = make_user(name)
-    user.role = role
-    user.save()
-    return user
-
-
 @pytest.fixture
 def ranked_set(models_ready):
     """A task set of three prompts with three candidates each, ranked [2, 0, 1] by two labelers."""
-    admin = with_role("root", Role.ADMIN)
+    admin = make_user("root", role=Role.ADMIN)
     version = make_assistant(admin).versions.get()
     task_set = task_set_create(
         name="Fruit and sea",
@@ -46,7 +39,7 @@ def ranked_set(models_ready):
     task_set.status = task_set.Status.READY
     task_set.save()
     for name in ("ann", "ben"):
-        labeler = with_role(name, Role.LABELER)
+        labeler = make_user(name, role=Role.LABELER)
         while (claim := task_claim_next(task_set=task_set, labeler=labeler)) is not None:
             ranking_submit(task=claim.task, labeler=labeler, order=[2, 0, 1], confirm_presented=True)
     return admin, task_set
@@ -106,7 +99,7 @@ def test_an_admin_imports_a_task_set_split_directly(ranked_set):
 def test_only_admins_import_from_a_task_set(ranked_set):
     _, task_set = ranked_set
     for role in (Role.MEMBER, Role.LABELER):
-        client = signed_in(with_role(f"u-{role}", role))
+        client = signed_in(make_user(f"u-{role}", role=role))
         assert client.get(reverse("finetune:import_task_set")).status_code == 403
         form = {"task_set": task_set.pk, "split": "all", "name": "Mine now"}
         assert client.post(reverse("finetune:import_task_set"), form).status_code == 403

@@ -110,19 +110,24 @@ def test_a_visitor_sees_only_the_cited_passage_unless_the_version_shares_documen
     assert shown.split() == version.text.split() and marked[0].text_content().split() == chunk.text.split()
 
 
-def test_the_api_names_the_passages_and_checks_the_citations(models_ready, inference_server):
-    import json
-
-    from django.test import Client
-
+def _api_assistant() -> tuple[str, str]:
+    """An assistant that answers from kettle.md (one passage at a time), and its owner's API key: (model, key)."""
     from apps.accounts.services import api_key_create
 
     owner = make_user("ada")
     collection = make_collection(owner)
     ingested(collection, "kettle.md", KETTLE)
     assistant = make_assistant(owner, knowledge_collections=(collection,), knowledge_top_k=1, max_tokens=48)
-    _, key = api_key_create(user=owner, name="laptop")
-    body = {"model": assistant.slug, "messages": [{"role": "user", "content": QUESTION}]}
+    return assistant.slug, api_key_create(user=owner, name="laptop")[1]
+
+
+def test_the_api_names_the_passages_and_checks_the_citations(models_ready, inference_server):
+    import json
+
+    from django.test import Client
+
+    model, key = _api_assistant()
+    body = {"model": model, "messages": [{"role": "user", "content": QUESTION}]}
     response = Client().post(
         "/api/v1/chat/completions",
         json.dumps(body),
@@ -139,17 +144,9 @@ def test_the_api_names_the_passages_and_checks_the_citations(models_ready, infer
 def test_a_streamed_api_answer_names_the_passages_and_checks_the_citations(models_ready, web_server):
     import openai
 
-    from apps.accounts.services import api_key_create
-
-    owner = make_user("ada")
-    collection = make_collection(owner)
-    ingested(collection, "kettle.md", KETTLE)
-    assistant = make_assistant(owner, knowledge_collections=(collection,), knowledge_top_k=1, max_tokens=48)
-    _, key = api_key_create(user=owner, name="laptop")
+    model, key = _api_assistant()
     client = openai.OpenAI(base_url=f"{web_server}/api/v1", api_key=key, max_retries=0, timeout=120)
-    stream = client.chat.completions.create(
-        model=assistant.slug, messages=[{"role": "user", "content": QUESTION}], stream=True
-    )
+    stream = client.chat.completions.create(model=model, messages=[{"role": "user", "content": QUESTION}], stream=True)
     chunks = list(stream)
     assert chunks[0].model_extra["atelier_sources"] == [{"n": 1, "document": "kettle.md", "page": None}]
     assert all("atelier_sources" not in chunk.model_extra for chunk in chunks[1:])

@@ -276,8 +276,10 @@ def test_the_planner_settings_of_a_search_do_not_leak_into_the_callers_transacti
     text = "The kettle boils water."
     Chunk.objects.create(version=version, index=0, text=text, start=0, end=len(text), embedding=[1.0] * 384)
     readable = readable_chunks(collection_ids=[collection.pk], owner_id=collection.owner_id)
-    found = chunks_rank(readable=readable, query="kettle", embedding=[1.0] * 384, top_k=3)
-    assert [(r.vector_rank, r.text_rank) for r in found] == [(1, 1)]
+    settings = ("enable_sort", "enable_nestloop", "hnsw.ef_search")
     with connection.cursor() as cursor:
-        cursor.execute("SELECT current_setting('enable_sort'), current_setting('enable_nestloop')")
-        assert cursor.fetchone() == ("on", "on")
+        cursor.execute("SET LOCAL hnsw.ef_search = 50")  # the caller's own value, not the search's
+        found = chunks_rank(readable=readable, query="kettle", embedding=[1.0] * 384, top_k=3)
+        assert [(r.vector_rank, r.text_rank) for r in found] == [(1, 1)]
+        cursor.execute("SELECT " + ", ".join(["current_setting(%s)"] * len(settings)), settings)
+        assert cursor.fetchone() == ("on", "on", "50")

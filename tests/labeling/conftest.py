@@ -9,21 +9,14 @@ from apps.labeling.services import PromptInput, task_set_create
 from tests.factories import make_assistant, make_user
 
 
-def make_role(name: str, role: Role):
-    user = make_user(name)
-    user.role = role
-    user.save()
-    return user
-
-
 @pytest.fixture
 def admin():
-    return make_role("root", Role.ADMIN)
+    return make_user("root", role=Role.ADMIN)
 
 
 @pytest.fixture
 def labelers():
-    return [make_role(name, Role.LABELER) for name in ("ann", "ben", "cat")]
+    return [make_user(name, role=Role.LABELER) for name in ("ann", "ben", "cat")]
 
 
 @pytest.fixture

@@ -21,13 +21,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 PROMPTS = ["Name a fruit and say why you like it.", "Describe the sea in one sentence."]
 
 
-def _user(name: str, role: Role):
-    user = make_user(name)
-    user.role = role
-    user.save()
-    return user
-
-
 def _order(page) -> list[int]:
     return [int(x) for x in page.locator(".rank-item").evaluate_all("els => els.map(e => e.dataset.candidate)")]
 
@@ -35,7 +28,8 @@ def _order(page) -> list[int]:
 def test_create_generate_rank_by_drag_and_keyboard_then_agreement_and_dpo_download(
     web_server, browser, artifacts_dir, models_ready
 ):
-    admin, ann, ben = _user("root", Role.ADMIN), _user("ann", Role.LABELER), _user("ben", Role.LABELER)
+    admin = make_user("root", role=Role.ADMIN)
+    ann, ben = (make_user(name, role=Role.LABELER) for name in ("ann", "ben"))
     assistant = make_assistant(admin, name="Candidate maker", base_model=chat_model_default(), max_tokens=24)
     # 1. The admin creates a task set from typed prompts; the worker generates 3 candidates per prompt.
     admin_context = browser.new_context(viewport={"width": 1280, "height": 900})

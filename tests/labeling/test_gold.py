@@ -17,8 +17,7 @@ from apps.labeling.services import (
     task_gold_set,
     task_set_gold_sample,
 )
-from tests.factories import signed_in
-from tests.labeling.conftest import make_role
+from tests.factories import make_user, signed_in
 
 pytestmark = pytest.mark.django_db
 
@@ -67,7 +66,7 @@ def test_a_small_set_gets_no_sampled_gold(make_set):
 
 def test_a_sampled_task_takes_the_unanimous_order_of_three_and_scores_only_later_labelers(make_set, labelers):
     ann, ben, cat = labelers
-    dan, eve = make_role("dan", Role.LABELER), make_role("eve", Role.LABELER)
+    dan, eve = make_user("dan", role=Role.LABELER), make_user("eve", role=Role.LABELER)
     task_set, task = gold_set(make_set, r=1)  # R = 1, yet every labeler meets it
     rank(task_set, ann, [2, 0, 1])
     rank(task_set, ben, [2, 0, 1])
@@ -86,7 +85,7 @@ def test_a_sampled_task_takes_the_unanimous_order_of_three_and_scores_only_later
 
 def test_no_unanimity_no_gold_until_the_dissenter_is_excluded(make_set, labelers):
     ann, ben, cat = labelers
-    dan = make_role("dan", Role.LABELER)
+    dan = make_user("dan", role=Role.LABELER)
     task_set, task = gold_set(make_set)
     rank(task_set, ann, [1, 0, 2])
     rank(task_set, ben, [1, 0, 2])
@@ -110,7 +109,7 @@ def test_no_unanimity_no_gold_until_the_dissenter_is_excluded(make_set, labelers
 
 def test_a_panel_left_with_two_is_judged_again_on_the_rankings_that_still_count(make_set, labelers):
     ann, ben, cat = labelers
-    dan = make_role("dan", Role.LABELER)
+    dan = make_user("dan", role=Role.LABELER)
     task_set, task = gold_set(make_set)
     for labeler in (ann, ben, cat):
         rank(task_set, labeler, [0, 2, 1])

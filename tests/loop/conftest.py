@@ -30,13 +30,6 @@ def shortest_first(prompt: str) -> list[int]:
     return [1, 2, 0]
 
 
-def make_role_user(name: str, role: str):
-    user = make_user(name)
-    user.role = role
-    user.save()
-    return user
-
-
 @pytest.fixture
 def owner():
     return make_user("olive")
@@ -58,7 +51,7 @@ def assistant(owner, stub_chat_model):
 
 @pytest.fixture
 def labelers():
-    return [make_role_user(name, Role.LABELER) for name in ("ann", "ben", "cat")]
+    return [make_user(name, role=Role.LABELER) for name in ("ann", "ben", "cat")]
 
 
 @pytest.fixture
@@ -68,7 +61,7 @@ def ranked_set(owner, labelers):
     labeler as `order(prompt)` (candidate indices, best first), through the claim queue."""
 
     def build(prompts, *, versions, answers, order, name="Set"):
-        admin = make_role_user(f"admin-{name.lower()}", Role.ADMIN)
+        admin = make_user(f"admin-{name.lower()}", role=Role.ADMIN)
         task_set = task_set_create(
             name=name,
             created_by=admin,
@@ -146,7 +139,7 @@ def loop_job(assistant, owner):
     LoopRun.objects.create(
         assistant=assistant,
         parent=assistant.current_version,
-        pair_counts={"labeling": 12, "arena": 0},
+        provenance=[{"source": "labeling"}] * 12,
         dataset_version=version,
         job=job,
         created_by=owner,

@@ -14,7 +14,13 @@ from apps.arena.selectors import arena_versions
 from apps.arena.services import battle_start
 from apps.assistants.engine import engine_settings
 from apps.assistants.models import Visibility
-from apps.assistants.services import AssistantError, assistant_version_publish, assistant_visibility_set
+from apps.assistants.services import (
+    AssistantError,
+    assistant_version_publish,
+    assistant_visibility_set,
+    share_link_issue,
+)
+from apps.chat.models import Message
 from apps.loop.drafts import loop_draft_create
 from apps.loop.models import LoopRun
 from apps.loop.selectors import loop_drafts_for_owner
@@ -60,6 +66,29 @@ def test_publishing_makes_the_draft_current_once_and_only_for_the_owner(assistan
     assert assistant.current_version == draft and not draft.is_draft
     with pytest.raises(AssistantError, match="already published"):
         assistant_version_publish(version=draft, actor=owner)
+
+
+def test_chat_and_share_links_answer_with_the_parent_until_the_draft_is_published(assistant, owner):
+    parent = assistant.current_version
+    job, adapter = loop_job(assistant, owner)
+    draft = loop_draft_create(job=job, adapter=adapter)
+    assistant_visibility_set(assistant=assistant, visibility=Visibility.PUBLIC)
+    token = share_link_issue(assistant=assistant)
+    starts = [
+        (signed_in(owner), reverse("chat:start", args=[assistant.slug])),  # the owner, in chat
+        (signed_in(make_user("vera")), reverse("chat:start", args=[assistant.slug])),  # anyone, it being public
+        (signed_in(make_user("walt")), reverse("chat:share", args=[token])),  # through the share link
+    ]
+
+    def answered_by() -> list:
+        for client, url in starts:
+            assert client.post(url, {"content": "Hi"}).status_code == 302, url
+        replies = Message.objects.filter(role=Message.Role.ASSISTANT).order_by("-created_at")[: len(starts)]
+        return [reply.assistant_version for reply in replies]
+
+    assert answered_by() == [parent] * len(starts)
+    assistant_version_publish(version=draft, actor=owner)
+    assert answered_by() == [draft] * len(starts)  # the same paths do follow the current version
 
 
 def test_my_arena_draws_the_draft_against_its_parent_and_no_one_else_sees_it(assistant, owner):

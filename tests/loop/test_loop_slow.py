@@ -14,7 +14,7 @@ from apps.assistants.services import AssistantConfig, assistant_create
 from apps.finetune.models import DatasetSource, JobStatus, Method
 from apps.loop.models import LoopRun
 from bench.loop import LoopBenchConfig, loop_bench_run
-from tests.loop.conftest import make_role_user
+from tests.factories import make_user
 
 
 @pytest.mark.slow
@@ -22,9 +22,9 @@ from tests.loop.conftest import make_role_user
 def test_the_loop_end_to_end_with_the_real_model(models_ready, celery_worker_process, inference_server):
     from apps.assistants.selectors import chat_model_default
 
-    owner = make_role_user("olive", Role.MEMBER)
-    admin = make_role_user("root", Role.ADMIN)
-    labelers = [make_role_user(name, Role.LABELER) for name in ("ann", "ben")]
+    owner = make_user("olive")
+    admin = make_user("root", role=Role.ADMIN)
+    labelers = [make_user(name, role=Role.LABELER) for name in ("ann", "ben")]
     config = LoopBenchConfig(train_prompts=5, candidates=3, held_out_prompts=4, max_tokens=48, parallel_sets=2)
     assistant = assistant_create(
         owner=owner, config=AssistantConfig(name="Brief", base_model=chat_model_default(), max_tokens=config.max_tokens)

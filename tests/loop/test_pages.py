@@ -10,8 +10,9 @@ from django.urls import reverse
 from apps.arena.leaderboard import leaderboard_refresh
 from apps.arena.models import Mode
 from apps.arena.services import battle_start, battle_vote
-from apps.finetune.models import MetricPoint
+from apps.finetune.models import DatasetVersion, MetricPoint
 from apps.loop.drafts import loop_draft_create
+from apps.loop.models import LoopRun
 from tests.factories import signed_in
 from tests.html_tree import html_parse
 from tests.loop.conftest import answer_battle, loop_job, shortest_first, three_answers
@@ -54,6 +55,19 @@ def test_the_page_counts_the_pairs_its_filters_gather_and_carries_them_to_the_co
     assert (narrowed["pairs"], narrowed["labeling"], narrowed["arena"]) == ("6", "6", "0")
     assert narrowed["hidden"] == [("sources", "labeling"), ("task_sets", str(first.pk))]
     assert not narrowed["start"]  # 6 pairs: below the minimum, no confirmation offered
+
+
+def test_a_refused_confirmation_shows_why_beside_the_pairs_it_counted_and_builds_nothing(assistant, owner, ranked_set):
+    v1, v2 = assistant.versions.order_by("number")
+    ranked_set(["Q1", "Q2"], versions=[v1, v2], answers=three_answers, order=shortest_first)
+    page = signed_in(owner).post(reverse("loop:improve", args=[assistant.slug]), {"sources": ["labeling"]})
+    assert page.status_code == 200
+    tree = html_parse(page.content.decode())
+    flashes = [e.text.strip() for e in tree.iter() if "flash-text" in e.attrs.get("class", "")]
+    assert flashes == ["6 preference pair(s) match these filters; the loop needs at least 8."]
+    figures = _figures(page)
+    assert (figures["pairs"], figures["labeling"], figures["arena"]) == ("6", "6", "0") and not figures["start"]
+    assert not LoopRun.objects.exists() and not DatasetVersion.objects.exists()
 
 
 def test_the_assistant_page_links_to_improve_and_history_for_its_owner(assistant, owner):
