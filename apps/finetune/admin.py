@@ -4,7 +4,7 @@ evaluations by the worker."""
 
 from django.contrib import admin
 
-from apps.assistants.admin import ReadOnlyAdminMixin
+from apps.core.admin import ReadOnlyAdminMixin
 from apps.finetune.models import Adapter, Dataset, DatasetExample, DatasetVersion, Evaluation
 
 
