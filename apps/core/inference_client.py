@@ -11,16 +11,20 @@ Adapters: the engine holds LoRA adapters in memory only, so a restart forgets th
 least recently used one when its slots are full. A body that names an adapter carries where it lies
 (`adapter_fields`: the engine's id as `model`, and the folder under ADAPTER_PATH, a key that is never sent).
 When the engine answers 404 for that model, the client loads the adapter (POST /v1/adapters) and sends the
-request once more. Chat, the API, the arena, labeling and the builder's preview all build their bodies with
-`engine_request_build` and send them through here, so this is the one place that knows.
+request once more: `_with_adapter` (and its async twin) wraps every call that may name one, and a stream opens
+its connection before returning its iterator, so a refusal raises where the retry can catch it. Chat, the API,
+the arena, labeling and the builder's preview all build their bodies with `engine_request_build` and send them
+through here, so this is the one place that knows.
 """
 
+import asyncio
 import contextlib
 import functools
 import json
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
-from contextlib import AsyncExitStack
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from contextlib import AsyncExitStack, ExitStack
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import httpx
 from django.conf import settings
@@ -34,6 +38,7 @@ EMBEDDING_MODEL = "all-minilm-l6-v2"
 EMBEDDING_BATCH = 256  # inputs per /v1/embeddings call (the engine's limit)
 ADAPTERS_PATH = "/v1/adapters"
 ADAPTER_PATH = "atelier_adapter_path"  # an engine body's key: the adapter's folder, for a reload; never sent
+T = TypeVar("T")
 
 
 class InferenceError(Exception):
@@ -67,6 +72,10 @@ def _headers() -> dict[str, str]:
 
 def _timeout() -> httpx.Timeout:
     return httpx.Timeout(READ_TIMEOUT, connect=CONNECT_TIMEOUT)
+
+
+def _async_client() -> httpx.AsyncClient:
+    return httpx.AsyncClient(base_url=settings.INFERENCE_URL, headers=_headers(), timeout=_timeout())
 
 
 @functools.cache
@@ -151,25 +160,29 @@ def _adapter_reload(body: dict, adapter_path: str) -> None:
         inference_adapter_load(adapter_id=body["model"], path=adapter_path)
 
 
-async def _adapter_reload_async(body: dict, adapter_path: str) -> None:
-    try:
-        async with httpx.AsyncClient(base_url=settings.INFERENCE_URL, headers=_headers(), timeout=_timeout()) as c:
-            response = await c.post(ADAPTERS_PATH, json={"id": body["model"], "path": adapter_path})
-    except httpx.HTTPError as error:
-        raise _unavailable(error) from error
-    if response.status_code >= 500:
-        raise _error_for(response)
-
-
-def _post_with_adapter(path: str, body: dict) -> dict:
+def _with_adapter(send: Callable[[dict], T], body: dict) -> T:
+    """`send(body)` without ADAPTER_PATH; when the engine does not know the adapter the body names, load it
+    and send once more."""
     wire, adapter_path = _wire(body)
     try:
-        return _post(path, wire)
+        return send(wire)
     except InferenceError as error:
         if not _adapter_missing(error, adapter_path):
             raise
     _adapter_reload(wire, adapter_path)
-    return _post(path, wire)
+    return send(wire)
+
+
+async def _with_adapter_async(send: Callable[[dict], Awaitable[T]], body: dict) -> T:
+    """_with_adapter for async calls (the reload is the same synchronous call, off the event loop)."""
+    wire, adapter_path = _wire(body)
+    try:
+        return await send(wire)
+    except InferenceError as error:
+        if not _adapter_missing(error, adapter_path):
+            raise
+    await asyncio.to_thread(_adapter_reload, wire, adapter_path)
+    return await send(wire)
 
 
 def inference_health() -> str:
@@ -213,59 +226,58 @@ def inference_embed(*, texts: list[str], model: str = EMBEDDING_MODEL) -> list[l
 
 def inference_complete(*, body: dict) -> dict:
     """One non-streaming `/v1/completions` call (the playground's document simulator)."""
-    return _post_with_adapter("/v1/completions", {**body, "stream": False})
+    return _with_adapter(functools.partial(_post, "/v1/completions"), {**body, "stream": False})
 
 
 def inference_chat(*, body: dict) -> dict:
     """One non-streaming `/v1/chat/completions` call."""
-    return _post_with_adapter(CHAT_PATH, {**body, "stream": False})
+    return _with_adapter(functools.partial(_post, CHAT_PATH), {**body, "stream": False})
 
 
 def inference_chat_stream(*, body: dict) -> Iterator[dict]:
     """Stream `/v1/chat/completions` chunks as dicts. Closing the iterator closes the connection, which
     makes the engine cancel the request and free its slot."""
-    wire, adapter_path = _wire(body)
-    try:
-        yield from _chat_stream(wire)
-        return
-    except InferenceError as error:  # a refusal comes before the first chunk, so nothing was yielded yet
-        if not _adapter_missing(error, adapter_path):
-            raise
-    _adapter_reload(wire, adapter_path)
-    yield from _chat_stream(wire)
+    yield from _with_adapter(_chat_stream_open, body)
 
 
-def _chat_stream(body: dict) -> Iterator[dict]:
+def _chat_stream_open(body: dict) -> Iterator[dict]:
+    """Open the stream (a refusal raises here, before any chunk) and return its chunks."""
+    stack = ExitStack()
     try:
-        with _client().stream("POST", CHAT_PATH, json={**body, "stream": True}) as response:
-            if response.status_code >= 400:
-                response.read()
-                raise _error_for(response)
+        response = stack.enter_context(_client().stream("POST", CHAT_PATH, json={**body, "stream": True}))
+        if response.status_code >= 400:
+            response.read()
+            raise _error_for(response)
+    except httpx.HTTPError as error:
+        stack.close()
+        raise _unavailable(error) from error
+    except BaseException:
+        stack.close()
+        raise
+    return _chunks(stack, response)
+
+
+def _chunks(stack: ExitStack, response: httpx.Response) -> Iterator[dict]:
+    with stack:
+        try:
             for line in response.iter_lines():
                 if _is_done(line):
                     return
                 if (chunk := _chunk(line)) is not None:
                     yield chunk
-    except httpx.HTTPError as error:
-        raise _unavailable(error) from error
+        except httpx.HTTPError as error:
+            raise _unavailable(error) from error
 
 
 async def inference_chat_async(*, body: dict) -> dict:
     """inference_chat for async views."""
-    wire, adapter_path = _wire(body)
-    try:
-        return await _chat_async(wire)
-    except InferenceError as error:
-        if not _adapter_missing(error, adapter_path):
-            raise
-    await _adapter_reload_async(wire, adapter_path)
-    return await _chat_async(wire)
+    return await _with_adapter_async(_chat_async, {**body, "stream": False})
 
 
 async def _chat_async(body: dict) -> dict:
     try:
-        async with httpx.AsyncClient(base_url=settings.INFERENCE_URL, headers=_headers(), timeout=_timeout()) as c:
-            response = await c.post(CHAT_PATH, json={**body, "stream": False})
+        async with _async_client() as client:
+            response = await client.post(CHAT_PATH, json=body)
     except httpx.HTTPError as error:
         raise _unavailable(error) from error
     if response.status_code >= 400:
@@ -276,22 +288,13 @@ async def _chat_async(body: dict) -> dict:
 async def inference_chat_stream_async(*, body: dict) -> AsyncIterator[dict]:
     """inference_chat_stream for async views. A refusal (429, 400, unreachable) raises here, before the
     first chunk, so the caller can still answer with a status; errors mid-stream raise from the iterator."""
-    wire, adapter_path = _wire(body)
-    try:
-        return await _chat_stream_async(wire)
-    except InferenceError as error:
-        if not _adapter_missing(error, adapter_path):
-            raise
-    await _adapter_reload_async(wire, adapter_path)
-    return await _chat_stream_async(wire)
+    return await _with_adapter_async(_chat_stream_open_async, body)
 
 
-async def _chat_stream_async(body: dict) -> AsyncIterator[dict]:
+async def _chat_stream_open_async(body: dict) -> AsyncIterator[dict]:
     stack = AsyncExitStack()
     try:
-        client = await stack.enter_async_context(
-            httpx.AsyncClient(base_url=settings.INFERENCE_URL, headers=_headers(), timeout=_timeout())
-        )
+        client = await stack.enter_async_context(_async_client())
         response = await stack.enter_async_context(client.stream("POST", CHAT_PATH, json={**body, "stream": True}))
         if response.status_code >= 400:
             await response.aread()

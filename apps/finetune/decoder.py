@@ -24,7 +24,6 @@ lora_B [out, r] per module, scale alpha / r), so PEFT and the engine (inference/
 
 import json
 import math
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -32,38 +31,15 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from apps.finetune.packing import Batch
+from apps.finetune.training_settings import ALL_MODULES, LoraSettings
 from inference.adapters import ADAPTER_CONFIG, ADAPTER_WEIGHTS, AdapterError, read_peft_adapter
 from inference.graph import LORA_GROUP_MODULES, LORA_GROUPS, DecoderConfig
 
-ALL_MODULES = tuple(module for group in LORA_GROUPS for module in LORA_GROUP_MODULES[group])
 ATTENTION_MODULES = frozenset(("q_proj", "k_proj", "v_proj", "o_proj"))
 
 
 class BaseModelError(ValueError):
     """The base checkpoint or a starting adapter cannot be trained on; the message says why."""
-
-
-@dataclass(frozen=True)
-class LoraSettings:
-    """PEFT's LoRA knobs. The defaults suit SmolLM2-135M: rank 16 on all seven linear layers, alpha 2 x rank,
-    and no dropout (PEFT's default too): a 0.05 dropout cost a quarter of the training rate here (its random
-    masks; bench/results_finetune.md)."""
-
-    rank: int = 16
-    alpha: float = 32.0
-    dropout: float = 0.0
-    target_modules: tuple[str, ...] = ALL_MODULES
-
-    def __post_init__(self) -> None:
-        if self.rank < 1 or self.alpha <= 0 or not 0 <= self.dropout < 1:
-            raise ValueError(f"LoRA rank {self.rank}, alpha {self.alpha} or dropout {self.dropout} is out of range")
-        unknown = set(self.target_modules) - set(ALL_MODULES)
-        if unknown or not self.target_modules:
-            raise ValueError(f"LoRA target modules must be a non-empty subset of {ALL_MODULES}, not {unknown}")
-
-    @property
-    def scale(self) -> float:
-        return self.alpha / self.rank
 
 
 def peft_key(layer: int, module: str, kind: str) -> str:

@@ -24,7 +24,7 @@ from apps.finetune import measures
 from apps.finetune.models import Adapter, Evaluation, EvaluationStatus, MetricPoint
 from apps.finetune.scan import Finding, trigger_candidates
 from apps.finetune.selectors import base_model_training_dir
-from apps.finetune.training import SFT_DEFAULTS
+from apps.finetune.training_settings import SFT_DEFAULTS
 
 EVALUATION_MAX_PROMPTS = 8  # held-out prompts answered by both; every trigger candidate is probed
 EVALUATION_MAX_TOKENS = 64

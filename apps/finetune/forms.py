@@ -7,9 +7,9 @@ from apps.assistants.models import Assistant
 from apps.assistants.selectors import chat_model_choices, chat_model_default
 from apps.finetune.models import Adapter, DatasetKind, DatasetVersion, Method
 from apps.finetune.selectors import adapter_list_owned
+from apps.finetune.training_settings import ALL_MODULES
 from apps.labeling.models import TaskSet
 from apps.labeling.selectors import SPLITS
-from inference.config import LORA_GROUP_MODULES, LORA_GROUPS
 
 NAME_HELP = "A new name makes a new dataset; the name of one of yours adds a new version to it."
 
@@ -86,8 +86,6 @@ class AdapterAttachForm(forms.Form):
 
 # --- jobs ------------------------------------------------------------------------------------------------
 
-LORA_MODULES = tuple(module for group in LORA_GROUPS for module in LORA_GROUP_MODULES[group])
-
 
 class TrainForm(forms.Form):
     """The Train button and its advanced section. A blank field keeps the default fitted to the dataset
@@ -103,7 +101,7 @@ class TrainForm(forms.Form):
     alpha = forms.FloatField(min_value=0.01, required=False, label="LoRA alpha")
     dropout = forms.FloatField(min_value=0, max_value=0.9, required=False, label="LoRA dropout")
     target_modules = forms.MultipleChoiceField(
-        choices=[(m, m) for m in LORA_MODULES],
+        choices=[(m, m) for m in ALL_MODULES],
         required=False,
         widget=forms.CheckboxSelectMultiple,
         label="Target modules",

@@ -42,24 +42,26 @@ from contextlib import contextmanager
 from dataclasses import asdict
 from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from django.conf import settings
 from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
+from django.utils.text import slugify
 
 from apps.finetune.models import Adapter, AdapterSource, FineTuneJob, JobLogLine, JobStatus, Method, MetricPoint
+from apps.finetune.selectors import base_model_training_row
+from apps.finetune.training_settings import LoraSettings, TrainingSettings
 from apps.loop.drafts import loop_draft_create
-
-if TYPE_CHECKING:  # training.py imports torch, which the web app never needs: imported where used
-    from apps.finetune.training import TrainingSettings
+from inference.adapters import ADAPTER_WEIGHTS
+from inference.export import sha256_file
 
 log = logging.getLogger(__name__)
 
 WORKER_LOST = "The worker stopped while training (killed, or its machine restarted). Retry to resume."
 QUEUE_LOST = "No worker took this job (its queue message was lost, or no fine-tune worker runs). Retry it."
 INTERNAL_ERROR = "An internal error stopped the job; the worker's log has the details. Retry it."
+CANCELLED_QUEUED = "Cancelled before it started."
 METRIC_KINDS = ("train", "validation")
 
 
@@ -75,20 +77,14 @@ def adapters_dir() -> Path:
     return settings.FINETUNE_ADAPTERS_DIR
 
 
+def adapter_engine_id_new(*, name: str) -> str:
+    """A new id the engine knows an adapter by, also its folder's name under adapters_dir(): a slug of its name
+    and random hex, so it says nothing about other adapters."""
+    return f"ft-{slugify(name)[:40] or 'adapter'}-{secrets.token_hex(4)}"
+
+
 def checkpoint_dir(job: FineTuneJob) -> Path:
     return settings.FINETUNE_DIR / "jobs" / str(job.pk)
-
-
-def _training_row(base_model):
-    """The registry row whose Hugging Face folder trains `base_model` (base_model_training_dir's): its
-    content_hash is the adapter's base_model_hash. None when there is none."""
-    from apps.finetune.selectors import base_model_training_dir
-    from apps.registry.models import BaseModel
-
-    hf_dir = base_model_training_dir(base_model=base_model)
-    if hf_dir is None:
-        return None
-    return BaseModel.objects.filter(name=base_model.name, path=str(hf_dir.parent)).first()
 
 
 def training_settings_to_dict(settings: TrainingSettings) -> dict:
@@ -99,9 +95,6 @@ def training_settings_to_dict(settings: TrainingSettings) -> dict:
 
 
 def training_settings_from_dict(data: dict) -> TrainingSettings:
-    from apps.finetune.decoder import LoraSettings
-    from apps.finetune.training import TrainingSettings
-
     lora = dict(data.get("lora") or {})
     lora["target_modules"] = tuple(lora.get("target_modules", LoraSettings().target_modules))
     return TrainingSettings(**{**data, "lora": LoraSettings(**lora)})
@@ -157,7 +150,7 @@ def _claim(job_id: int) -> FineTuneJob | None:
             return None
         now = timezone.now()
         if job.cancel_requested:
-            job.status, job.finished_at, job.message = JobStatus.CANCELLED, now, "Cancelled before it started."
+            job.status, job.finished_at, job.message = JobStatus.CANCELLED, now, CANCELLED_QUEUED
             job.save(update_fields=["status", "finished_at", "message"])
             return None
         job.status, job.attempts, job.heartbeat_at, job.message = JobStatus.RUNNING, job.attempts + 1, now, ""
@@ -200,7 +193,7 @@ def _train_and_publish(job: FineTuneJob, progress: _Progress) -> None:
 
     if settings.FINETUNE_TORCH_THREADS:
         torch.set_num_threads(settings.FINETUNE_TORCH_THREADS)
-    trained_on = _training_row(job.base_model)
+    trained_on = base_model_training_row(base_model=job.base_model)
     if trained_on is None:
         raise TrainingError(f"{job.base_model} has no trainable weights on this machine")
     examples = list(job.dataset_version.examples.order_by("index").values_list("record", flat=True))
@@ -228,10 +221,11 @@ def _publish(job: FineTuneJob, *, result, staging: Path, trained_on) -> None:
     attempt owns the job), then load it into the engine."""
     from apps.core.inference_client import InferenceError, inference_adapter_load
 
-    engine_id = f"ft-{job.pk}-{secrets.token_hex(4)}"
+    version = job.dataset_version
+    name = f"{version.dataset.name} v{version.number} · job {job.pk}"[:100]
+    engine_id = adapter_engine_id_new(name=name)
     final = adapters_dir() / engine_id
     staging.rename(final)
-    version = job.dataset_version
     metrics = {
         "steps": result.steps,
         "epochs": result.epochs_completed,
@@ -253,7 +247,7 @@ def _publish(job: FineTuneJob, *, result, staging: Path, trained_on) -> None:
             _own(job)
             adapter = Adapter.objects.create(
                 owner=job.owner,
-                name=f"{version.dataset.name} v{version.number} · job {job.pk}"[:100],
+                name=name,
                 source=AdapterSource.TRAINED,
                 base_model=job.base_model,
                 base_model_hash=trained_on.content_hash,
@@ -261,7 +255,7 @@ def _publish(job: FineTuneJob, *, result, staging: Path, trained_on) -> None:
                 dataset_version=version,
                 engine_id=engine_id,
                 path=str(final),
-                sha256=_sha256(final / "adapter_model.safetensors"),
+                sha256=sha256_file(final / ADAPTER_WEIGHTS),
                 config=config,
                 metrics=metrics,
             )
@@ -280,16 +274,6 @@ def _publish(job: FineTuneJob, *, result, staging: Path, trained_on) -> None:
         _log(job, f"Loaded into the engine as {engine_id}.")
     except InferenceError as error:
         _log(job, f"Not loaded into the engine now ({error}); it loads the first time a request names it.")
-
-
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # --- progress ------------------------------------------------------------------------------------------

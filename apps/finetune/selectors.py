@@ -32,7 +32,6 @@ from apps.finetune.models import (
     Method,
     MetricPoint,
 )
-from apps.registry.catalog import SMOLLM2_FP32
 from apps.registry.models import BaseModel
 
 MAX_LINES_SHOWN = 50  # of a finding's examples, on the report; the rest are counted
@@ -142,19 +141,6 @@ def example_flags(*, version: DatasetVersion) -> dict[int, list[str]]:
     return flags
 
 
-def training_base_model_get() -> BaseModel | None:
-    """The ready base model that fine-tunes train on: the fp32 checkpoint (it has the Hugging Face files,
-    tokenizer and chat template under `hf/`); the served variants share its tokenizer."""
-    return BaseModel.objects.filter(
-        kind=BaseModel.Kind.CHAT, status=BaseModel.Status.READY, name=SMOLLM2_FP32.name, variant=SMOLLM2_FP32.variant
-    ).first()
-
-
-def tokenizer_dir_get() -> Path | None:
-    base_model = training_base_model_get()
-    return Path(base_model.path) / "hf" if base_model else None
-
-
 def answer_get_owned(*, user, message_id) -> Message:
     """A finished assistant answer in one of the user's own conversations (what may be curated), else 404."""
     message = (
@@ -185,16 +171,23 @@ def curation_datasets(*, user) -> dict[str, list[str]]:
 # --- adapters ------------------------------------------------------------------------------------------
 
 
-def base_model_training_dir(*, base_model: BaseModel) -> Path | None:
-    """The Hugging Face folder (config.json, safetensors, tokenizer) of a base model: what the trainer, the
-    evaluation and an upload's shape check read. A quantized variant has none of its own; the same model's
-    other variants (the fp32 reference is built from that folder) share theirs."""
+def base_model_training_row(*, base_model: BaseModel) -> BaseModel | None:
+    """The registry row whose folder holds the Hugging Face checkpoint (hf/: config.json, safetensors, tokenizer)
+    that trains `base_model`: itself, or, for a quantized variant that has none of its own, the same model's
+    other variant that has one (the fp32 reference is built from that folder). Its content_hash is what an
+    adapter records as trained on."""
     same_model = BaseModel.objects.filter(name=base_model.name).exclude(pk=base_model.pk).order_by("variant")
     for candidate in [base_model, *same_model]:
-        hf_dir = Path(candidate.path) / "hf" if candidate.path else None
-        if hf_dir is not None and (hf_dir / "config.json").is_file():
-            return hf_dir
+        if candidate.path and (Path(candidate.path) / "hf" / "config.json").is_file():
+            return candidate
     return None
+
+
+def base_model_training_dir(*, base_model: BaseModel) -> Path | None:
+    """The Hugging Face folder of base_model_training_row: what the trainer, the evaluation, dataset token counts
+    and an upload's shape check read."""
+    row = base_model_training_row(base_model=base_model)
+    return Path(row.path) / "hf" if row is not None else None
 
 
 def adapter_list_owned(*, user) -> QuerySet[Adapter]:

@@ -6,7 +6,8 @@
   except for an admin's override of its high-severity findings (`dataset_version_override`, with a reason).
 - `dataset_upload`: a JSONL file, all or nothing. An Anthropic HH preference file is converted to TRL's format
   first (`formats.py`); a file with any problem imports nothing and raises `DatasetInvalid` with every problem
-  and its line. Tokens are counted with the training base model's own tokenizer and chat template.
+  and its line. Tokens are counted with the tokenizer and chat template of the model a job trains by default
+  (the served chat model's Hugging Face folder, `base_model_training_dir`).
 - `dataset_examples_add`: a new version holding the latest version's examples (as validated then, with their
   provenance) and the new ones (validated now). Curating from chat and importing go through it or through
   `dataset_version_create`.
@@ -34,7 +35,6 @@ cancelled job again, which resumes from its last checkpoint. The task body (`fin
 """
 
 import dataclasses
-import hashlib
 import io
 import json
 import math
@@ -47,13 +47,12 @@ from dataclasses import asdict, replace
 from datetime import timedelta
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
+from typing import BinaryIO
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models import Max
 from django.utils import timezone
-from django.utils.text import slugify
 
 from apps.arena.models import Battle, Mode
 from apps.arena.services import ArenaError, battle_start
@@ -63,10 +62,13 @@ from apps.assistants.services import AssistantError, assistant_config_of, assist
 from apps.chat.models import Message
 from apps.chat.selectors import message_ancestors
 from apps.core.unicode import unicode_clean
-from apps.finetune import datasets, measures
+from apps.finetune import datasets
 from apps.finetune.datasets import DatasetInvalid, Example, Problem, dataset_from_examples, dataset_parse
 from apps.finetune.formats import preference_file_convert
 from apps.finetune.jobs import (  # noqa: F401 (the task body and beat's sweep, exported as services)
+    CANCELLED_QUEUED,
+    adapter_engine_id_new,
+    adapters_dir,
     finetune_job_run,
     finetune_jobs_fail_stale,
     training_settings_to_dict,
@@ -87,17 +89,17 @@ from apps.finetune.models import (
     Method,
 )
 from apps.finetune.scan import dataset_scan
-from apps.finetune.selectors import adapter_newest_version, base_model_training_dir, is_admin, tokenizer_dir_get
+from apps.finetune.selectors import adapter_newest_version, base_model_training_dir, is_admin
 from apps.finetune.tasks import evaluation_run_task, finetune_job_run_task
+from apps.finetune.training_settings import DPO_DEFAULTS, SFT_DEFAULTS, TrainingSettings
 from apps.labeling.models import TaskSet
-
-if TYPE_CHECKING:  # training.py imports torch, which the web app never needs: imported where used
-    from apps.finetune.training import TrainingSettings
 from apps.labeling.selectors import export_jsonl
 from apps.registry.models import BaseModel
+from apps.registry.selectors import base_model_get_ready
 from inference.adapters import ADAPTER_CONFIG, ADAPTER_WEIGHTS, read_peft_adapter
 from inference.adapters import AdapterError as PeftAdapterInvalid
 from inference.config import DecoderConfig
+from inference.export import sha256_file
 
 
 class DatasetError(Exception):
@@ -110,7 +112,10 @@ def _token_counter(tokenizer_dir: Path) -> Callable[[list[dict]], int]:
 
 
 def _count_tokens() -> Callable[[list[dict]], int]:
-    tokenizer_dir = tokenizer_dir_get()
+    """Counts with the tokenizer and chat template of the model a job trains unless told otherwise (the served
+    chat model's training folder)."""
+    base_model = base_model_get_ready(kind=BaseModel.Kind.CHAT)
+    tokenizer_dir = base_model_training_dir(base_model=base_model) if base_model is not None else None
     if tokenizer_dir is None:
         raise DatasetError("The base model is not installed yet, so examples cannot be counted; try again once it is.")
     return _token_counter(tokenizer_dir)
@@ -438,19 +443,6 @@ def _adapter_config_parse(config_file) -> dict:
     return config
 
 
-def _engine_id(name: str) -> str:
-    """A new slug the engine knows the adapter by; random, so it says nothing about other adapters."""
-    return f"ft-{slugify(name)[:40] or 'adapter'}-{secrets.token_hex(4)}"
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def adapter_upload(*, owner, name: str, base_model: BaseModel, weights_file, config_file) -> Adapter:
     """A LoRA adapter from outside: `weights_file` (adapter_model.safetensors) and `config_file`
     (adapter_config.json), validated against `base_model`, stored and recorded as the owner's."""
@@ -475,8 +467,7 @@ def adapter_upload(*, owner, name: str, base_model: BaseModel, weights_file, con
     if hf_dir is None:
         raise AdapterError(f"The shape of {base_model} is unknown here, so the adapter cannot be checked against it.")
 
-    root = Path(settings.FINETUNE_ADAPTERS_DIR)
-    staging = root / ".staging" / secrets.token_hex(8)
+    staging = adapters_dir() / ".staging" / secrets.token_hex(8)
     staging.mkdir(parents=True)
     try:
         with (staging / ADAPTER_WEIGHTS).open("wb") as out:
@@ -487,9 +478,9 @@ def adapter_upload(*, owner, name: str, base_model: BaseModel, weights_file, con
             read_peft_adapter(staging, DecoderConfig.from_hf(hf_dir), max_rank=settings.FINETUNE_ADAPTER_MAX_RANK)
         except PeftAdapterInvalid as error:
             raise AdapterError(f"The adapter does not fit {base_model}: {error}.") from None
-        sha256 = _sha256(staging / ADAPTER_WEIGHTS)
-        engine_id = _engine_id(name)
-        final = root / engine_id
+        sha256 = sha256_file(staging / ADAPTER_WEIGHTS)
+        engine_id = adapter_engine_id_new(name=name)
+        final = adapters_dir() / engine_id
         staging.rename(final)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -539,6 +530,8 @@ def _arena_prompt(adapter: Adapter) -> str:
     if latest is not None and latest.answers:
         return latest.answers[0]["prompt"][-1]["content"]
     if adapter.dataset_version_id is not None:
+        from apps.finetune import measures  # torch, which the web app never needs otherwise
+
         first = adapter.dataset_version.examples.order_by("index").first()
         if first is not None:
             prompt, _ = measures.prompt_and_reference(first.record)
@@ -607,16 +600,13 @@ METHOD_FOR_KIND = {DatasetKind.SFT: Method.SFT, DatasetKind.PREFERENCE: Method.D
 LORA_KEYS = ("rank", "alpha", "dropout", "target_modules")
 TRAINING_KEYS = ("learning_rate", "epochs", "batch_size", "max_length", "seed")
 SETTING_KEYS = LORA_KEYS + TRAINING_KEYS
-CANCELLED_QUEUED = "Cancelled before it started."
 SMALL_DATASET = 100  # examples: below it one more epoch, since each epoch is only a few steps
 CHECKPOINTS_PER_RUN = 4  # at least, so a killed small job still resumes part-way
 
 
-def training_settings_default(*, method: str, examples: int) -> "TrainingSettings":
-    """The method's defaults (training.py) fitted to the data: a batch no larger than the training split,
+def training_settings_default(*, method: str, examples: int) -> TrainingSettings:
+    """The method's defaults (training_settings.py) fitted to the data: a batch no larger than the training split,
     an extra epoch for a small set, and checkpoints often enough that a short run has some to resume from."""
-    from apps.finetune.training import DPO_DEFAULTS, SFT_DEFAULTS
-
     defaults = SFT_DEFAULTS if method == Method.SFT else DPO_DEFAULTS
     epochs = defaults.epochs + (1 if examples < SMALL_DATASET else 0)
     batch_size = max(1, min(defaults.batch_size, examples))
@@ -625,7 +615,7 @@ def training_settings_default(*, method: str, examples: int) -> "TrainingSetting
     return replace(defaults, epochs=epochs, batch_size=batch_size, checkpoint_every=checkpoint_every)
 
 
-def _settings_build(*, method: str, examples: int, chosen: dict) -> "TrainingSettings":
+def _settings_build(*, method: str, examples: int, chosen: dict) -> TrainingSettings:
     unknown = set(chosen) - set(SETTING_KEYS)
     if unknown:
         raise FineTuneJobError(f"Unknown training settings: {', '.join(sorted(unknown))}.")
@@ -653,9 +643,6 @@ def finetune_job_create(
     of SETTING_KEYS; the rest are `training_settings_default`'s. DPO may start from (and refer to) one of
     the owner's SFT adapters. The base model is the assistant's, else the starting adapter's, else the one
     the engine serves. Raises FineTuneJobError, with the reason, for anything it refuses."""
-    from apps.registry.models import BaseModel
-    from apps.registry.selectors import base_model_get_ready
-
     version = DatasetVersion.objects.select_related("dataset").get(pk=dataset_version.pk)
     if version.dataset.owner_id != owner.pk:
         raise FineTuneJobError("You can only train on your own datasets.")

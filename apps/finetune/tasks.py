@@ -1,10 +1,13 @@
 """Thin Celery wrappers around the fine-tuning services, on the `finetune` queue (CELERY_TASK_ROUTES), and
-beat's sweep of fine-tune jobs."""
+beat's sweep of fine-tune jobs.
+
+The evaluation (measures.py, training.py) imports torch; the web process imports this module to queue tasks and
+never evaluates, so the task body imports it when it runs.
+"""
 
 from celery import shared_task
 from django.conf import settings
 
-from apps.finetune.evaluation import evaluation_run
 from apps.finetune.jobs import finetune_job_run, finetune_jobs_fail_stale
 
 # --- adapters ------------------------------------------------------------------------------------------
@@ -12,6 +15,8 @@ from apps.finetune.jobs import finetune_job_run, finetune_jobs_fail_stale
 
 @shared_task(name="finetune.evaluation_run")
 def evaluation_run_task(evaluation_id: int) -> str:
+    from apps.finetune.evaluation import evaluation_run
+
     return evaluation_run(evaluation_id=evaluation_id).status
 
 

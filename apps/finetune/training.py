@@ -40,6 +40,9 @@ Where the speed comes from (bench/results_finetune.md measures each against TRL 
 Determinism: the split, the order of examples in each epoch and the LoRA init are functions of the seed;
 dropout draws from the decoder's own generator. On the CPU the same seed and thread count give the same
 run bit for bit.
+
+The settings (TrainingSettings, LoraSettings, each method's defaults) live in training_settings.py, without torch,
+so the web app can fill a form and check a job's settings without loading it.
 """
 
 import hashlib
@@ -49,7 +52,7 @@ import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -57,8 +60,9 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from apps.finetune.decoder import BaseModelError, LoraDecoder, LoraSettings, read_adapter_settings
+from apps.finetune.decoder import BaseModelError, LoraDecoder, read_adapter_settings
 from apps.finetune.packing import Batch, ChatEncoder, ExampleError, Segment, collate
+from apps.finetune.training_settings import DPO_DEFAULTS, SFT_DEFAULTS, TrainingSettings
 from inference.adapters import ADAPTER_CONFIG, ADAPTER_WEIGHTS
 from inference.tokenizer import ChatTokenizer
 
@@ -78,42 +82,6 @@ class TrainingFailed(TrainingError):
 
 class TrainingCancelled(TrainingError):
     """should_cancel() said so between two steps."""
-
-
-@dataclass(frozen=True)
-class TrainingSettings:
-    lora: LoraSettings = field(default_factory=LoraSettings)
-    learning_rate: float = 2e-4
-    epochs: int = 2
-    batch_size: int = 4  # examples (conversations, or preference pairs) per optimizer step
-    max_length: int = 1024  # tokens per conversation, or per prompt + completion; longer ones are cut
-    seed: int = 0
-    validation_fraction: float = 0.1  # held out by conversation (by pair for DPO); none under 10 examples
-    warmup_fraction: float = 0.05  # linear warm-up, then cosine decay to zero
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    beta: float = 0.1  # DPO only: strength of the pull towards the reference
-    eval_every: int | None = None  # steps between validations; None: at the end of each epoch
-    checkpoint_every: int = 20  # steps
-    max_steps: int | None = None  # stop early (benchmarks, smoke runs)
-    precision: str = "auto"  # "auto": bf16 on CUDA and on CPUs with AMX, else fp32; or "bf16", "fp32"
-    device: str = "auto"  # "auto": CUDA when present, else the CPU
-
-    def __post_init__(self) -> None:
-        if not (self.learning_rate > 0 and self.epochs >= 1 and self.batch_size >= 1 and self.max_length >= 8):
-            raise ValueError("learning_rate, epochs, batch_size and max_length must be positive (max_length >= 8)")
-        if not 0 <= self.validation_fraction < 1 or not 0 <= self.warmup_fraction < 1:
-            raise ValueError("validation_fraction and warmup_fraction must lie in [0, 1)")
-        if self.precision not in ("auto", "bf16", "fp32") or self.device not in ("auto", "cpu", "cuda"):
-            raise ValueError(f"precision {self.precision!r} or device {self.device!r} is not one of the choices")
-        if self.checkpoint_every < 1 or (self.eval_every is not None and self.eval_every < 1):
-            raise ValueError("checkpoint_every and eval_every count steps: at least 1")
-
-
-SFT_DEFAULTS = TrainingSettings()
-# DPO moves a model that already answers: a smaller step and one epoch. Its LoRA keeps no dropout
-# (the default), so that the policy starts exactly at the reference (loss log 2, zero rewards).
-DPO_DEFAULTS = TrainingSettings(learning_rate=5e-5, epochs=1)
 
 
 @dataclass

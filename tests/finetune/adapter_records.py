@@ -5,16 +5,15 @@ by `train_sft` on the tiny model copied into FINETUNE_ADAPTERS_DIR; and PEFT-wri
 import copy
 import hashlib
 import json
-import secrets
 import shutil
 from dataclasses import asdict
 from pathlib import Path
 
-from django.conf import settings
 from django.core.files.uploadedfile import SimpleUploadedFile
 from peft import LoraConfig, get_peft_model
 
 from apps.finetune.datasets import example_canonical_json
+from apps.finetune.jobs import adapter_engine_id_new, adapters_dir
 from apps.finetune.models import (
     Adapter,
     AdapterSource,
@@ -26,9 +25,10 @@ from apps.finetune.models import (
 )
 from apps.finetune.scan import dataset_scan
 from apps.finetune.services import adapter_upload
-from apps.finetune.training import TrainingSettings
+from apps.finetune.training_settings import TrainingSettings
 from apps.registry.models import BaseModel
 from inference.adapters import ADAPTER_WEIGHTS
+from inference.export import sha256_file
 
 
 def tiny_base_model(tiny_chat: dict) -> BaseModel:
@@ -89,8 +89,8 @@ def trained_adapter(
         settings=json.loads(json.dumps(asdict(training))),
         status=JobStatus.SUCCEEDED,
     )
-    engine_id = f"ft-test-{secrets.token_hex(4)}"
-    path = Path(settings.FINETUNE_ADAPTERS_DIR) / engine_id
+    engine_id = adapter_engine_id_new(name=name)
+    path = adapters_dir() / engine_id
     shutil.copytree(adapter_dir, path)
     return Adapter.objects.create(
         owner=owner,
@@ -102,7 +102,7 @@ def trained_adapter(
         dataset_version=version,
         engine_id=engine_id,
         path=str(path),
-        sha256=hashlib.sha256((path / ADAPTER_WEIGHTS).read_bytes()).hexdigest(),
+        sha256=sha256_file(path / ADAPTER_WEIGHTS),
         config=json.loads((path / "adapter_config.json").read_text()),
         metrics=metrics or {},
     )

@@ -20,10 +20,10 @@ from apps.arena.models import Battle, Mode
 from apps.assistants.engine import engine_settings
 from apps.assistants.models import AssistantVersion
 from apps.assistants.services import AssistantConfig, AssistantError, assistant_update
-from apps.finetune.decoder import LoraSettings
 from apps.finetune.models import Adapter, AdapterSource
 from apps.finetune.services import AdapterError, adapter_arena_enter, adapter_attach
-from apps.finetune.training import TrainingSettings, train_sft
+from apps.finetune.training import train_sft
+from apps.finetune.training_settings import LoraSettings, TrainingSettings
 from tests.factories import make_assistant, make_user, signed_in
 from tests.finetune.adapter_records import peft_adapter, tiny_base_model, trained_adapter, upload
 from tests.finetune.conftest import conversation

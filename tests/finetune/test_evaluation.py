@@ -7,14 +7,14 @@ import torch
 from django.urls import reverse
 
 from apps.finetune import measures
-from apps.finetune.decoder import LoraSettings
 from apps.finetune.evaluation import EVALUATION_MAX_PROMPTS, evaluation_run
 from apps.finetune.models import Evaluation, EvaluationStatus, MetricPoint
 from apps.finetune.packing import ChatEncoder
 from apps.finetune.scan import Finding, trigger_candidates
 from apps.finetune.services import AdapterError, adapter_attach, evaluation_start
 from apps.finetune.tasks import evaluation_run_task
-from apps.finetune.training import TrainingSettings, train_sft
+from apps.finetune.training import train_sft
+from apps.finetune.training_settings import LoraSettings, TrainingSettings
 from config.celery import app
 from inference.tokenizer import ChatTokenizer
 from tests.conftest import free_port

@@ -2,6 +2,7 @@
 log, the adapter and its provenance), a NaN loss, cancel and a retry that resumes, the per-host lock, and
 beat's sweep of silent and lost jobs. The real-worker runs are in test_job_worker.py."""
 
+import hashlib
 import threading
 import time
 from datetime import timedelta
@@ -116,7 +117,7 @@ def test_a_job_trains_stores_every_point_and_publishes_an_adapter_with_provenanc
     folder = Path(adapter.path)
     assert folder.parent == jobs.adapters_dir() and folder.name == adapter.engine_id
     assert sorted(p.name for p in folder.iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
-    assert adapter.sha256 == jobs._sha256(folder / "adapter_model.safetensors")
+    assert adapter.sha256 == hashlib.sha256((folder / "adapter_model.safetensors").read_bytes()).hexdigest()
     assert not list((jobs.adapters_dir() / ".staging").iterdir())  # renamed out of the staging folder
     assert not jobs.checkpoint_dir(job).exists()
     log = [line.message for line in job.log_lines.order_by("pk")]

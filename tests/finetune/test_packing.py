@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from apps.finetune.decoder import LoraDecoder, LoraSettings
+from apps.finetune.decoder import LoraDecoder
 from apps.finetune.packing import ChatEncoder, collate
 from apps.finetune.training import sequence_logprobs, token_logprobs
+from apps.finetune.training_settings import LoraSettings
 from inference.tokenizer import ChatTokenizer
 from tests.finetune.conftest import conversation, preference_pair
 

@@ -12,19 +12,19 @@ import torch
 from peft import PeftModel
 from safetensors.torch import load_file, save_file
 
-from apps.finetune.decoder import LoraDecoder, LoraSettings
+from apps.finetune.decoder import LoraDecoder
 from apps.finetune.packing import ChatEncoder, Segment, collate
 from apps.finetune.training import (
     TrainingCancelled,
     TrainingError,
     TrainingFailed,
-    TrainingSettings,
     dpo_loss,
     is_out_of_memory,
     split_examples,
     train_dpo,
     train_sft,
 )
+from apps.finetune.training_settings import LoraSettings, TrainingSettings
 from inference.adapters import AdapterBank
 from inference.graph import build_decoder, load_decoder_weights
 from inference.session import DecoderSession, Lora
