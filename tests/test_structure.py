@@ -1,5 +1,6 @@
-"""Structure checks anyone can run: the server starts without the model-building code, the code is
-ruff-clean, and no two modules of the apps or the engine import each other, directly or round a loop."""
+"""Structure checks anyone can run: the server starts without the model-building code, the web app without
+torch, the code is ruff-clean, and no two modules of the apps or the engine import each other, directly or round
+a loop."""
 
 import ast
 import subprocess
@@ -14,6 +15,16 @@ def test_the_inference_server_imports_no_model_building_code():
     probe = f"import sys, inference.server; print(','.join(m for m in {BUILD_MODULES!r} if m in sys.modules))"
     result = subprocess.run([sys.executable, "-c", probe], cwd=REPO_ROOT, capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "", f"inference.server imported {result.stdout.strip()}"
+
+
+def test_the_web_app_does_not_import_torch():
+    # torch is for the fine-tune worker; in every web process it would cost ~190 MiB and ~2.5 s of start-up.
+    probe = (
+        "import os, sys, django; os.environ.setdefault('DJANGO_SETTINGS_MODULE', 'config.settings.local'); "
+        "django.setup(); import config.urls, apps.finetune.tasks; print('torch' in sys.modules)"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], cwd=REPO_ROOT, capture_output=True, text=True, check=True)
+    assert result.stdout.strip().splitlines()[-1] == "False"
 
 
 def test_ruff_is_clean():

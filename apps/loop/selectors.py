@@ -42,7 +42,7 @@ from apps.assistants.engine import instructions_render
 from apps.assistants.models import Assistant, AssistantVersion
 from apps.finetune.models import MetricPoint
 from apps.finetune.scan import Finding, dataset_scan
-from apps.finetune.training import DPO_DEFAULTS, TrainingSettings
+from apps.finetune.training_settings import DPO_DEFAULTS, TrainingSettings
 from apps.labeling.models import Candidate, Task, TaskSet
 from apps.labeling.selectors import counted_rankings, pair_teaches, task_consensus
 from apps.loop.models import ARENA, LABELING, SOURCES, LoopRun
