@@ -189,7 +189,7 @@ def _status_of(job: FineTuneJob) -> str:
 def _train_and_publish(job: FineTuneJob, progress: _Progress) -> None:
     import torch  # here, not at the top: the web app imports this module and never trains
 
-    from apps.finetune.training import TrainingError, train_dpo, train_sft
+    from apps.finetune.training import TrainingError, checkpoint_path, train_dpo, train_sft
 
     if settings.FINETUNE_TORCH_THREADS:
         torch.set_num_threads(settings.FINETUNE_TORCH_THREADS)
@@ -197,6 +197,13 @@ def _train_and_publish(job: FineTuneJob, progress: _Progress) -> None:
     if trained_on is None:
         raise TrainingError(f"{job.base_model} has no trainable weights on this machine")
     examples = list(job.dataset_version.examples.order_by("index").values_list("record", flat=True))
+    if job.attempts > 1 and checkpoint_path(checkpoint_dir(job)) is None:
+        # Said out loud: a retry is expected to resume (the page promised it), and this one cannot.
+        _log(
+            job,
+            "No checkpoint on this worker (the last attempt ran on another machine, or stopped before its "
+            "first checkpoint): this attempt starts from step 0.",
+        )
     staging = adapters_dir() / ".staging" / f"job-{job.pk}-attempt-{job.attempts}"
     shutil.rmtree(staging, ignore_errors=True)
     run = {

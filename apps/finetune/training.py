@@ -219,13 +219,19 @@ def _save_checkpoint(
     shutil.rmtree(old, ignore_errors=True)
 
 
+def checkpoint_path(directory: Path) -> Path | None:
+    """The checkpoint a run in `directory` resumes from, if there is one."""
+    for path in (directory / CHECKPOINT, directory / f"{CHECKPOINT}.old"):  # .old: between the two renames
+        if (path / "state.json").is_file():
+            return path
+    return None
+
+
 def _load_checkpoint(
     directory: Path, *, model: LoraDecoder, optimizer: torch.optim.Optimizer, fingerprint: str
 ) -> tuple[dict, dict | None] | None:
-    path = directory / CHECKPOINT
-    if not (path / "state.json").is_file():  # interrupted between _save_checkpoint's two renames?
-        path = directory / f"{CHECKPOINT}.old"
-    if not (path / "state.json").is_file():
+    path = checkpoint_path(directory)
+    if path is None:
         return None
     state = json.loads((path / "state.json").read_text())
     if state.get("fingerprint") != fingerprint:

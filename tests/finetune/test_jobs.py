@@ -177,6 +177,20 @@ def test_cancel_stops_a_running_job_and_a_retry_resumes_from_its_checkpoint(tiny
     assert [p.step for p in MetricPoint.objects.filter(job=job, kind="train").order_by("step")] == list(
         range(1, job.total_steps + 1)
     )
+    assert not [m for m in job.log_lines.values_list("message", flat=True) if m.startswith("No checkpoint")]
+
+
+@pytest.mark.django_db
+def test_a_retry_without_a_checkpoint_says_it_starts_over(tiny):
+    # The first attempt failed on another machine: its checkpoint is not here.
+    job = create(tiny)
+    FineTuneJob.objects.filter(pk=job.pk).update(status=JobStatus.FAILED, attempts=1, step=12)
+    finetune_job_retry(job=job)
+    assert finetune_job_run(job_id=job.pk) == JobStatus.SUCCEEDED
+    log = list(job.log_lines.values_list("message", flat=True))
+    assert [m for m in log if m.startswith("No checkpoint on this worker")] and not [
+        m for m in log if m.startswith("resumed from")
+    ]
 
 
 @pytest.mark.django_db
