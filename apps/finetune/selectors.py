@@ -41,6 +41,11 @@ def is_admin(user) -> bool:
     return user.is_authenticated and user.role == Role.ADMIN
 
 
+def dataset_version_overridable(*, user, version: DatasetVersion) -> bool:
+    """Whether `user` may override this version's high-severity findings (dataset_version_override's rules)."""
+    return is_admin(user) and version.high_findings > 0 and version.override_at is None
+
+
 def dataset_list_owned(*, user, kind: str | None = None) -> QuerySet[Dataset]:
     """The user's datasets, each with `version_count` and `latest_number`."""
     newest = DatasetVersion.objects.filter(dataset=OuterRef("pk")).order_by("-number")

@@ -40,7 +40,7 @@ from apps.finetune.forms import (
     TrainForm,
     UploadForm,
 )
-from apps.finetune.models import Adapter, DatasetVersion
+from apps.finetune.models import Adapter
 
 EXAMPLES_PER_PAGE = 20
 NAV = {"nav_active": "finetune"}
@@ -106,7 +106,9 @@ def version_detail(request, pk: int):
         "findings": selectors.finding_rows(version=version),
         "page": page,
         "examples": [{"example": e, "flags": flags.get(e.index, [])} for e in page],
-        "override_form": OverrideForm() if _can_override(request.user, version) else None,
+        "override_form": OverrideForm()
+        if selectors.dataset_version_overridable(user=request.user, version=version)
+        else None,
         **NAV,
     }
     return render(request, "finetune/version.html", context)
@@ -120,10 +122,6 @@ def duration_text(seconds: float) -> str:
     if minutes < 120:
         return f"about {minutes} minute{'s' if minutes != 1 else ''}"
     return f"about {seconds / 3600:.1f} hours"
-
-
-def _can_override(user, version: DatasetVersion) -> bool:
-    return selectors.is_admin(user) and version.high_findings > 0 and version.override_at is None
 
 
 @member_required

@@ -2,18 +2,12 @@
 
 from django.contrib import admin
 
+from apps.core.admin import ReadOnlyAdminMixin
 from apps.knowledge.models import Collection, Document, DocumentVersion
 
 
-class ReadOnlyAdmin(admin.ModelAdmin):
-    def has_add_permission(self, request, obj=None):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):  # deletes remove stored files: the pages' services do
-        return False
+class ReadOnlyAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+    """Deletes too go through the pages' services: they remove the stored files."""
 
 
 @admin.register(Collection)
