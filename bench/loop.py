@@ -19,7 +19,8 @@ var/bench/loop, a real inference server (SmolLM2-135M-Instruct, q4, with LoRA ba
 
 Writes bench/results_loop.md (and prints it): the win rate and interval, the wall time of each phase and of
 the whole loop, the seed, and the machine's load. LOOP_SEED (default 0) seeds the task sets (and so the
-engine's sampling), the prompt split and the bootstrap.
+engine's sampling), the prompt split and the bootstrap; LOOP_HELD_OUT_SAMPLES (default 2) sets the answers per
+version per held-out prompt.
 
 `loop_bench_run` is also what tests/loop/test_loop_slow.py runs, at a small scale.
 """
@@ -64,7 +65,7 @@ class LoopBenchConfig:
     train_prompts: int = 34  # × C(candidates, 2) pairs at most: 102 with 3 candidates
     candidates: int = 3
     held_out_prompts: int = 40
-    held_out_samples: int = 1  # answers per version per held-out prompt
+    held_out_samples: int = 2  # answers per version per held-out prompt: 4 comparisons each narrow the interval
     max_tokens: int = 128
     seed: int = 0
     parallel_sets: int = 4  # task sets generated at once
@@ -355,7 +356,10 @@ def main() -> None:
 
     from config import embedded
 
-    config = LoopBenchConfig(seed=int(os.environ.get("LOOP_SEED", 0)))
+    config = LoopBenchConfig(
+        seed=int(os.environ.get("LOOP_SEED", 0)),
+        held_out_samples=int(os.environ.get("LOOP_HELD_OUT_SAMPLES", LoopBenchConfig.held_out_samples)),
+    )
     with embedded.running_services():
         import django
 

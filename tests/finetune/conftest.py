@@ -3,6 +3,7 @@ trained in seconds, so the trainer's tests never need the real model; and a real
 
 import os
 import sys
+from contextlib import contextmanager
 
 import onnx
 import pytest
@@ -19,6 +20,24 @@ CHATML = (
     "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
+
+
+@contextmanager
+def session_worker_off_finetune():
+    """The session's Celery worker (when an earlier test started one) lets go of the `finetune` queue inside
+    the block. A job queued meanwhile is for this test's own runner (a thread, or a worker of its own with
+    this test's FINETUNE_DIR); the session's worker would take it first and train it somewhere else."""
+    from config.celery import app
+
+    session = [f"test-{os.getpid()}@{os.uname().nodename}"]
+    paused = bool(app.control.ping(timeout=0.5, destination=session))
+    if paused:
+        app.control.cancel_consumer("finetune", destination=session, reply=True)
+    try:
+        yield
+    finally:
+        if paused:
+            app.control.add_consumer("finetune", destination=session, reply=True)
 
 
 @pytest.fixture(scope="session")

@@ -36,7 +36,7 @@ from apps.finetune.training import train_sft
 from inference.tokenizer import ChatTokenizer
 from tests.conftest import celery_worker
 from tests.factories import make_assistant, make_user
-from tests.finetune.conftest import conversation
+from tests.finetune.conftest import conversation, session_worker_off_finetune
 from tests.finetune.factories import make_base_model, make_dataset_version
 
 FAST = {"rank": 4, "alpha": 8, "learning_rate": 1e-2, "batch_size": 3, "max_length": 160}
@@ -46,27 +46,20 @@ ENDED = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
 
 @contextmanager
 def finetune_worker(name: str, *, inference_url: str):
-    """A real worker on `finetune` only; the session's worker (when one runs) lets go of the queue meanwhile.
-    Queue the job inside the block: once it ends the session's worker consumes `finetune` again, and a job it
-    took would run with the session's FINETUNE_DIR (not this test's) on the real engine."""
-    from config.celery import app
-
-    session = [f"test-{os.getpid()}@{os.uname().nodename}"]
-    paused = bool(app.control.ping(timeout=0.5, destination=session))
-    if paused:
-        app.control.cancel_consumer("finetune", destination=session, reply=True)
+    """A real worker on `finetune` only, while the session's worker lets go of the queue. Queue the job inside
+    the block: once it ends the session's worker consumes `finetune` again, and a job it took would run with
+    the session's FINETUNE_DIR (not this test's) on the real engine."""
     env = {
         "INFERENCE_URL": inference_url,
         "ATELIER_FINETUNE_DIR": str(settings.FINETUNE_DIR),
         "FINETUNE_ADAPTERS_DIR": str(settings.FINETUNE_ADAPTERS_DIR),
         "FINETUNE_TORCH_THREADS": "1",  # the comparison run below uses one thread too: bit-for-bit equal
     }
-    try:
-        with celery_worker(f"{name}-{os.getpid()}", queues=("finetune",), env=env) as process:
-            yield process
-    finally:
-        if paused:
-            app.control.add_consumer("finetune", destination=session, reply=True)
+    with (
+        session_worker_off_finetune(),
+        celery_worker(f"{name}-{os.getpid()}", queues=("finetune",), env=env) as process,
+    ):
+        yield process
 
 
 def wait_for(predicate, *, timeout: float, what: str, process=None):

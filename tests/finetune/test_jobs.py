@@ -25,7 +25,7 @@ from apps.finetune.services import (
     training_settings_default,
 )
 from tests.factories import make_assistant, make_user
-from tests.finetune.conftest import conversation
+from tests.finetune.conftest import conversation, session_worker_off_finetune
 from tests.finetune.factories import make_base_model, make_dataset_version
 
 CONVERSATIONS = [conversation(i) for i in range(12)]
@@ -147,8 +147,15 @@ def test_a_nan_loss_fails_the_job_with_the_reason(tiny, tmp_path):
     assert job.log_lines.order_by("-pk").first().message == f"Failed: {job.message}"
 
 
+@pytest.fixture
+def own_runner():
+    """Jobs queued by a committed transaction stay for this test's runner thread (see session_worker_off_finetune)."""
+    with session_worker_off_finetune():
+        yield
+
+
 @pytest.mark.django_db(transaction=True)
-def test_cancel_stops_a_running_job_and_a_retry_resumes_from_its_checkpoint(tiny):
+def test_cancel_stops_a_running_job_and_a_retry_resumes_from_its_checkpoint(tiny, own_runner):
     job = create(tiny, settings={**FAST, "epochs": 10})  # 40 steps, a checkpoint every 10
     runner = threading.Thread(target=finetune_job_run, kwargs={"job_id": job.pk})
     runner.start()

@@ -25,7 +25,9 @@ def test_the_loop_end_to_end_with_the_real_model(models_ready, celery_worker_pro
     owner = make_user("olive")
     admin = make_user("root", role=Role.ADMIN)
     labelers = [make_user(name, role=Role.LABELER) for name in ("ann", "ben")]
-    config = LoopBenchConfig(train_prompts=5, candidates=3, held_out_prompts=4, max_tokens=48, parallel_sets=2)
+    config = LoopBenchConfig(
+        train_prompts=5, candidates=3, held_out_prompts=4, held_out_samples=1, max_tokens=48, parallel_sets=2
+    )
     assistant = assistant_create(
         owner=owner, config=AssistantConfig(name="Brief", base_model=chat_model_default(), max_tokens=config.max_tokens)
     )
