@@ -10,6 +10,7 @@ No Django imports: settings read the URLs from here before Django is set up.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -85,6 +86,7 @@ def postgres_start() -> None:
     pgdata = postgres_dir()
     _check_socket_path(pgdata / ".s.PGSQL.5432")
     _require_free_disk(pgdata, 200)
+    started_here = not postgres_running()
     try:
         server = pgserver.get_server(pgdata, cleanup_mode=None)
     except Exception as exc:  # pgserver raises bare CalledProcessError / AssertionError
@@ -96,9 +98,46 @@ def postgres_start() -> None:
         ) from exc
     if str(server.get_postmaster_info().socket_dir) != str(pgdata):
         raise EmbeddedServiceError(f"Embedded PostgreSQL is listening elsewhere than {pgdata}; stop it and retry.")
+    _shared_buffers_apply(server, restart=started_here)
     exists = server.psql(f"SELECT 1 FROM pg_database WHERE datname = '{DATABASE_NAME}';")  # noqa: S608 (a constant)
     if "(1 row)" not in exists:
         server.psql(f"CREATE DATABASE {DATABASE_NAME};")
+
+
+def postgres_shared_buffers() -> str:
+    """The embedded server's shared_buffers: ATELIER_POSTGRES_SHARED_BUFFERS, else a quarter of the memory up to
+    1GB. Postgres's own default, 128MB, is too small for the knowledge indexes: 100,000 chunks hold a ~200MB
+    HNSW graph and a ~250MB heap, and every retrieval that reads them through a full buffer pool pays for
+    evicting and re-reading pages (bench/knowledge.py measured it)."""
+    if configured := os.environ.get("ATELIER_POSTGRES_SHARED_BUFFERS"):
+        return configured
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return f"{max(128, min(1024, memory // 4 // 2**20))}MB"
+
+
+def _shared_buffers_apply(server, *, restart: bool) -> None:
+    """Set shared_buffers when it differs; it takes effect at a (re)start, so restart only a server this process
+    just started (a running one belongs to someone else: it gets the value at its next start)."""
+    wanted = postgres_shared_buffers()
+    literal = _sql_literal(wanted)  # validated: digits and a unit
+    same = server.psql(
+        f"SELECT setting::bigint * 8192 = pg_size_bytes({literal}) FROM pg_settings WHERE name = 'shared_buffers';"  # noqa: S608
+    )
+    if " t\n" in same:
+        return
+    server.psql(f"ALTER SYSTEM SET shared_buffers = {literal};")
+    if restart:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            from pgserver._commands import pg_ctl
+
+        pg_ctl(["-w", "-m", "fast", "restart"], pgdata=postgres_dir(), user="pgserver" if os.geteuid() == 0 else None)
+
+
+def _sql_literal(value: str) -> str:
+    if not re.fullmatch(r"\d+\s*(kB|MB|GB|TB)?", value):
+        raise EmbeddedServiceError(f"ATELIER_POSTGRES_SHARED_BUFFERS must look like 512MB or 2GB, not {value!r}.")
+    return f"'{value}'"
 
 
 def postgres_running() -> bool:

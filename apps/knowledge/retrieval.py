@@ -27,11 +27,17 @@ collections attached to this assistant version, owned by the assistant's owner. 
 the fact, so another person's passage can never reach a prompt, however well it matches.
 
 The HNSW index and the permission filter: pgvector 0.6 (the embedded server's) filters an index scan's
-results after the scan, so when the planner uses the index, a small collection among many other people's
-chunks can come back short or empty (the scan's ef_search nearest are mostly not readable). The vector
-ranking therefore asks with a wider ef_search (HNSW_EF_SEARCH), and when it still returns fewer rows than
-the readable set holds (up to CANDIDATES), asks again with index scans off: an exact scan of the readable
-chunks only, which the version and collection filters keep small. Correct first, fast when the index suffices.
+results after the scan, so a scan that finds the ef_search nearest chunks of the whole table keeps only the
+readable ones among them: a small collection among many other people's chunks can come back short or empty.
+So ef_search follows the readable share of the table (`hnsw_ef_search`): about CANDIDATES × EF_HEADROOM
+nearest chunks are expected to be readable, never fewer than HNSW_EF_SEARCH_MIN (recall) nor more than
+pgvector's limit, HNSW_EF_SEARCH_MAX. The readable rows are counted from the versions (their `chunks_total`,
+a hundred rows, not the chunks) and the table's from Postgres's statistics. A share too small for any
+ef_search goes straight to an exact scan of the readable chunks, which the version and collection filters
+keep small; and a scan that still returns fewer rows than the readable set holds (up to CANDIDATES) asks
+again exactly. Correct first, fast when the index suffices. At 100,000 chunks (bench/knowledge.py, quiet
+machine) a fixed ef_search of 200 fell back to the exact scan for a tenth of the table often enough to make
+its p95 42 ms against 17 ms with every collection readable.
 
 And the planner must be made to use the index at all. The permission joins (chunk -> current version ->
 document -> collection) make it misjudge the readable set by about 100x (434 rows estimated for 100,000 in
@@ -45,6 +51,7 @@ matches to the readable versions (12 ms).
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -52,7 +59,7 @@ from dataclasses import dataclass
 
 from django.contrib.postgres.search import SearchQuery, SearchRank
 from django.db import connection, transaction
-from django.db.models import F, QuerySet
+from django.db.models import F, QuerySet, Sum
 from pgvector.django import CosineDistance
 
 from apps.core.inference_client import inference_embed
@@ -60,7 +67,8 @@ from apps.knowledge.models import SEARCH_CONFIG, Chunk, DocumentVersion
 
 RRF_K = 60
 CANDIDATES = 20
-HNSW_EF_SEARCH = 200
+HNSW_EF_SEARCH_MIN, HNSW_EF_SEARCH_MAX = 100, 1000  # 100: recall@10 1.000 at 100,000 chunks; 1000: pgvector's limit
+EF_HEADROOM = 2  # expect twice CANDIDATES readable rows among the scan's nearest
 TEXT_MATCH_ROWS = 2000  # the most rows the full-text words may match (ts_rank of each costs ~5 µs)
 AMBIGUOUS_MAX_WORDS = 4
 QUERY_MAX_CHARS = 2000
@@ -109,26 +117,48 @@ def readable_chunks(*, collection_ids: list[int], owner_id: int) -> QuerySet[Chu
     )
 
 
+def readable_rows(*, collection_ids: list[int], owner_id: int) -> int:
+    """How many chunks `readable_chunks` holds, counted from their versions (no chunk is read)."""
+    versions = DocumentVersion.objects.filter(
+        current_of__collection_id__in=collection_ids,
+        current_of__collection__owner_id=owner_id,
+        status=DocumentVersion.Status.READY,
+    )
+    return versions.aggregate(rows=Sum("chunks_total"))["rows"] or 0
+
+
 def chunks_search(
     *, collection_ids: list[int], owner_id: int, query: str, top_k: int, min_score: float = 0.0
 ) -> list[RetrievedChunk]:
     """Hybrid search of the readable chunks for `query` (the module docstring)."""
     if not query.strip() or not collection_ids:
         return []
-    readable = readable_chunks(collection_ids=collection_ids, owner_id=owner_id)
-    if not readable.exists():
+    rows = readable_rows(collection_ids=collection_ids, owner_id=owner_id)
+    if not rows:
         return []
     return chunks_rank(
-        readable=readable, query=query, embedding=inference_embed(texts=[query])[0], top_k=top_k, min_score=min_score
+        readable=readable_chunks(collection_ids=collection_ids, owner_id=owner_id),
+        readable_rows=rows,
+        query=query,
+        embedding=inference_embed(texts=[query])[0],
+        top_k=top_k,
+        min_score=min_score,
     )
 
 
 def chunks_rank(
-    *, readable: QuerySet[Chunk], query: str, embedding: list[float], top_k: int, min_score: float = 0.0
+    *,
+    readable: QuerySet[Chunk],
+    readable_rows: int,
+    query: str,
+    embedding: list[float],
+    top_k: int,
+    min_score: float = 0.0,
 ) -> list[RetrievedChunk]:
-    """The hybrid ranking of `readable` for `query` and its embedding: the SQL every search runs once the
-    query is embedded (bench/knowledge.py times it alone)."""
-    by_vector, by_text = vector_ranking(readable, embedding), text_ranking(readable, query)
+    """The hybrid ranking of `readable` (`readable_rows` chunks) for `query` and its embedding: the SQL every
+    search runs once the query is embedded (bench/knowledge.py times it alone)."""
+    by_vector = vector_ranking(readable, embedding, ef_search=hnsw_ef_search(readable_rows=readable_rows))
+    by_text = text_ranking(readable, query)
     vector_ranks = {pk: rank for rank, pk in enumerate(by_vector, 1)}
     text_ranks = {pk: rank for rank, pk in enumerate(by_text, 1)}
     best = 2 / (RRF_K + 1)
@@ -205,16 +235,30 @@ def informative_words(words: list[str]) -> list[str]:
     return chosen
 
 
-def vector_ranking(readable: QuerySet[Chunk], embedding: list[float]) -> list[int]:
-    """The readable chunks nearest `embedding`, CANDIDATES at most (the module docstring on the index)."""
+def hnsw_ef_search(*, readable_rows: int) -> int | None:
+    """The ef_search that should leave CANDIDATES × EF_HEADROOM readable rows after the permission filter, or
+    None when even pgvector's largest would not (an exact scan then; the module docstring on the index)."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT reltuples FROM pg_class WHERE oid = %s::regclass", [Chunk._meta.db_table])
+        table_rows = cursor.fetchone()[0]  # -1 before the first ANALYZE: the share then counts as whole
+    share = readable_rows / max(table_rows, readable_rows, 1)
+    ef_search = max(HNSW_EF_SEARCH_MIN, math.ceil(CANDIDATES * EF_HEADROOM / max(share, 1e-9)))
+    return ef_search if ef_search <= HNSW_EF_SEARCH_MAX else None
+
+
+def vector_ranking(readable: QuerySet[Chunk], embedding: list[float], *, ef_search: int | None) -> list[int]:
+    """The readable chunks nearest `embedding`, CANDIDATES at most: through the HNSW index with `ef_search`,
+    or exactly when it is None (the module docstring on the index)."""
     nearest = (
         readable.annotate(distance=CosineDistance("embedding", embedding))
         .order_by("distance")  # the index's own order: a second sort key would make Postgres sort every row
         .values_list("pk", "distance")[:CANDIDATES]
     )
-    with _planner(**{"hnsw.ef_search": str(HNSW_EF_SEARCH), "enable_sort": "off"}):  # the index scan
-        rows = list(nearest)
-    if len(rows) < CANDIDATES and len(rows) < readable[:CANDIDATES].count():
+    rows = []
+    if ef_search is not None:
+        with _planner(**{"hnsw.ef_search": str(ef_search), "enable_sort": "off"}):  # the index scan
+            rows = list(nearest)
+    if ef_search is None or (len(rows) < CANDIDATES and len(rows) < readable[:CANDIDATES].count()):
         with _planner(enable_indexscan="off", enable_seqscan="on", enable_sort="on"):  # an exact scan
             rows = list(nearest.all())  # a fresh query: `nearest` keeps the rows it already returned
     return [pk for pk, _ in sorted(rows, key=lambda row: (row[1], row[0]))]

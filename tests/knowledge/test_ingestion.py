@@ -279,7 +279,7 @@ def test_the_planner_settings_of_a_search_do_not_leak_into_the_callers_transacti
     settings = ("enable_sort", "enable_nestloop", "hnsw.ef_search")
     with connection.cursor() as cursor:
         cursor.execute("SET LOCAL hnsw.ef_search = 50")  # the caller's own value, not the search's
-        found = chunks_rank(readable=readable, query="kettle", embedding=[1.0] * 384, top_k=3)
+        found = chunks_rank(readable=readable, readable_rows=1, query="kettle", embedding=[1.0] * 384, top_k=3)
         assert [(r.vector_rank, r.text_rank) for r in found] == [(1, 1)]
         cursor.execute("SELECT " + ", ".join(["current_setting(%s)"] * len(settings)), settings)
         assert cursor.fetchone() == ("on", "on", "50")
