@@ -1,4 +1,10 @@
-"""Sentence embeddings on ONNX Runtime: all-MiniLM-L6-v2, batched, mean-pooled and L2-normalized."""
+"""Sentence embeddings on ONNX Runtime: all-MiniLM-L6-v2, batched, mean-pooled and L2-normalized.
+
+Small batches of texts of similar length. A knowledge chunk is up to 256 tokens, so one text is already a
+[256, 384] matrix product: batching more buys the CPU little and pads every text to the longest of its batch.
+On 400 chunk-sized pages of the Python reference (2 cores, chunks/s): batch 32 35, 16 38, 8 40, 4 44, 1 43;
+sentence-transformers' `encode` on the same texts 39 at its default batch of 32, 47 at 4.
+"""
 
 import threading
 from pathlib import Path
@@ -10,7 +16,7 @@ from tokenizers import Tokenizer
 from inference.session import session_options
 
 MAX_TOKENS = 256  # where all-MiniLM-L6-v2 was trained to stop (sentence-transformers truncates here too)
-BATCH = 32
+BATCH = 4  # texts per Run (the module docstring)
 
 
 def mean_pool_normalize(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:

@@ -18,9 +18,11 @@ through here, so this is the one place that knows.
 """
 
 import asyncio
+import base64
 import contextlib
 import functools
 import json
+import struct
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from contextlib import AsyncExitStack, ExitStack
 from dataclasses import dataclass, field
@@ -219,8 +221,12 @@ def inference_embed(*, texts: list[str], model: str = EMBEDDING_MODEL) -> list[l
     """Each text's normalized embedding, in order, in as few calls as the engine's batch limit allows."""
     vectors: list[list[float]] = []
     for start in range(0, len(texts), EMBEDDING_BATCH):
-        answer = _post("/v1/embeddings", {"model": model, "input": texts[start : start + EMBEDDING_BATCH]})
-        vectors += [item["embedding"] for item in sorted(answer["data"], key=lambda item: item["index"])]
+        # base64 float32 (OpenAI's own option): a fifth of the JSON numbers' bytes, and no float parsing
+        body = {"model": model, "input": texts[start : start + EMBEDDING_BATCH], "encoding_format": "base64"}
+        answer = _post("/v1/embeddings", body)
+        for item in sorted(answer["data"], key=lambda item: item["index"]):
+            raw = base64.b64decode(item["embedding"])
+            vectors.append(list(struct.unpack(f"<{len(raw) // 4}f", raw)))
     return vectors
 
 
