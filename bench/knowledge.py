@@ -585,7 +585,9 @@ def quality_part() -> str:
         questions = random.Random(SEED + 2).sample(cases, QUALITY_QUESTIONS)  # noqa: S311 (reproducible)
         vectors = inference_embed(texts=[question for _, question, _ in questions])
     with connection.cursor() as cursor:
-        cursor.execute("ANALYZE knowledge_chunk")  # what autovacuum does after such a load
+        # What autovacuum does after such a load; VACUUM also takes the deleted 100,000 chunks out of the HNSW
+        # graph, whose dead entries otherwise crowd the scan's candidates (vector recall@5 0.880 against 0.905).
+        cursor.execute("VACUUM ANALYZE knowledge_chunk")
     readable = readable_chunks(collection_ids=[collection.pk], owner_id=owner.pk)
     rows_readable = readable_rows(collection_ids=[collection.pk], owner_id=owner.pk)
     ef_search = hnsw_ef_search(readable_rows=rows_readable)
