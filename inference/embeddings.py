@@ -6,8 +6,9 @@ is already a [256, 384] matrix product: batching buys the CPU little there, whil
 texts of equal length (queries, sentences) still batch up to MAX_BATCH.
 
 Measured on the 971 chunks ingestion makes of the Python reference pages (bench/knowledge.py's corpus), 2
-cores, chunks/s: fixed batches of 32 → 35 (the earlier code), 4 → 57, 2 → 59, 1 → 65; sentence-transformers'
-`encode` 47 at its default batch of 32, 59 at 4.
+cores, chunks/s, in process: fixed batches of 32 → 35 (the earlier code), 4 → 57, 2 → 59, 1 → 65, these
+length batches → 66. Through the server (bench/results_knowledge.md): 70, against sentence-transformers'
+`encode` 51 at its default batch of 32 and 65 at its fastest, 4.
 """
 
 import threading
