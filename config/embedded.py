@@ -127,11 +127,7 @@ def _shared_buffers_apply(server, *, restart: bool) -> None:
         return
     server.psql(f"ALTER SYSTEM SET shared_buffers = {literal};")
     if restart:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            from pgserver._commands import pg_ctl
-
-        pg_ctl(["-w", "-m", "fast", "restart"], pgdata=postgres_dir(), user="pgserver" if os.geteuid() == 0 else None)
+        _pg_ctl("restart")  # pg_ctl reuses the options pgserver started it with (postmaster.opts)
 
 
 def _sql_literal(value: str) -> str:
@@ -150,13 +146,17 @@ def postgres_running() -> bool:
 
 
 def postgres_stop() -> None:
+    if postgres_running():
+        _pg_ctl("stop")
+
+
+def _pg_ctl(action: str) -> None:
+    """`pg_ctl -w -m fast <action>` on the embedded server, as the user pgserver runs it as."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         from pgserver._commands import pg_ctl
 
-    if postgres_running():
-        user = "pgserver" if os.geteuid() == 0 else None
-        pg_ctl(["-w", "-m", "fast", "stop"], pgdata=postgres_dir(), user=user)
+    pg_ctl(["-w", "-m", "fast", action], pgdata=postgres_dir(), user="pgserver" if os.geteuid() == 0 else None)
 
 
 # --- Redis ----------------------------------------------------------------------------------------

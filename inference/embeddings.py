@@ -44,11 +44,8 @@ class Embedder:
         self.dimensions = self.session.get_outputs()[0].shape[-1]
         self._lock = threading.Lock()  # one batch at a time: ORT already uses every core
 
-    def count_tokens(self, texts: list[str]) -> int:
-        return sum(len(e.ids) for e in self.tokenizer.encode_batch(texts))
-
-    def embed(self, texts: list[str]) -> np.ndarray:
-        """[len(texts), dimensions] unit vectors, in the order given."""
+    def embed(self, texts: list[str]) -> tuple[np.ndarray, int]:
+        """[len(texts), dimensions] unit vectors, in the order given, and the tokens read (the usage)."""
         encodings = self.tokenizer.encode_batch(texts)
         result = np.zeros((len(texts), self.dimensions), np.float32)
         for batch in length_batches([len(e.ids) for e in encodings]):
@@ -66,7 +63,7 @@ class Embedder:
             with self._lock:
                 hidden = self.session.run(["last_hidden_state"], {k: v for k, v in feeds.items() if k in self.inputs})
             result[batch] = mean_pool_normalize(hidden[0], feeds["attention_mask"])
-        return result
+        return result, sum(len(e.ids) for e in encodings)
 
 
 def length_batches(lengths: list[int]) -> list[list[int]]:

@@ -146,14 +146,13 @@ async def embeddings(body: wire.EmbeddingRequest, runtime: CurrentRuntime):
         raise APIError(400, f"input must hold 1 to {MAX_EMBEDDING_INPUTS} strings", param="input")
     if any(not t for t in texts):
         raise APIError(400, "input strings must not be empty", param="input")
-    vectors = await run_in_threadpool(runtime.embedder.embed, texts)
+    vectors, tokens = await run_in_threadpool(runtime.embedder.embed, texts)
 
     def encode(vector):  # base64 is little-endian float32, as OpenAI sends it (the client's default)
         if body.encoding_format == "base64":
             return base64.b64encode(vector.astype("<f4").tobytes()).decode()
         return vector.tolist()
 
-    tokens = runtime.embedder.count_tokens(texts)
     return {
         "object": "list",
         "model": runtime.embedding_name,

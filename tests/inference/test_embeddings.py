@@ -25,11 +25,12 @@ def test_batches_cover_every_text_once_in_ascending_length_within_the_padding_bu
 def test_a_texts_vector_is_the_same_alone_or_batched(real_models, monkeypatch):
     embedder = Embedder(real_models["all-minilm-l6-v2", "fp32"] / "onnx")
     texts = ["The kettle boils water.", "A kettle boils the water.", "Tea.", "word " * 400, "x", "The cat sat."]
-    together = embedder.embed(texts)
-    alone = np.stack([embedder.embed([text])[0] for text in texts])
+    together, tokens = embedder.embed(texts)
+    alone = np.stack([embedder.embed([text])[0][0] for text in texts])
+    assert tokens == sum(embedder.embed([text])[1] for text in texts)
     assert together.shape == (6, 384) and np.allclose(np.linalg.norm(together, axis=1), 1, atol=1e-5)
     assert np.abs(together - alone).max() < 1e-5
     monkeypatch.setattr(embeddings, "PAD_WASTE", 10.0)  # everything in one padded batch: the mask must hold
-    assert np.abs(embedder.embed(texts) - alone).max() < 1e-5
-    assert embedder.embed([]).shape == (0, 384)
-    assert embedder.count_tokens(["Tea."]) == 4  # [CLS] tea . [SEP], no padding
+    assert np.abs(embedder.embed(texts)[0] - alone).max() < 1e-5
+    assert embedder.embed([])[0].shape == (0, 384)
+    assert embedder.embed(["Tea."])[1] == 4  # [CLS] tea . [SEP], no padding
