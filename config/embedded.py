@@ -131,7 +131,7 @@ def _shared_buffers_apply(server, *, restart: bool) -> None:
 
 
 def _sql_literal(value: str) -> str:
-    if not re.fullmatch(r"\d+\s*(kB|MB|GB|TB)?", value):
+    if not re.fullmatch(r"\d+\s*(kB|MB|GB|TB)", value):  # a bare number would mean 8kB pages to Postgres
         raise EmbeddedServiceError(f"ATELIER_POSTGRES_SHARED_BUFFERS must look like 512MB or 2GB, not {value!r}.")
     return f"'{value}'"
 

@@ -9,7 +9,7 @@ it was made on. `stream_deltas` turns a chat stream into text and logprob deltas
 
 Adapters: the engine holds LoRA adapters in memory only, so a restart forgets them all, and it evicts the
 least recently used one when its slots are full. A body that names an adapter carries where it lies
-(`adapter_fields`: the engine's id as `model`, and the folder under ADAPTER_PATH, a key that is never sent).
+(`adapter_fields`: the engine's id as `model`, and the folder under ADAPTER_PATH_KEY, a key that is never sent).
 When the engine answers 404 for that model, the client loads the adapter (POST /v1/adapters) and sends the
 request once more: `_with_adapter` (and its async twin) wraps every call that may name one, and a stream opens
 its connection before returning its iterator, so a refusal raises where the retry can catch it. Chat, the API,
@@ -39,7 +39,7 @@ TOKENIZE_BATCH = 256  # conversations per /tokenize call (the engine's limit)
 EMBEDDING_MODEL = "all-minilm-l6-v2"
 EMBEDDING_BATCH = 256  # inputs per /v1/embeddings call (the engine's limit)
 ADAPTERS_PATH = "/v1/adapters"
-ADAPTER_PATH = "atelier_adapter_path"  # an engine body's key: the adapter's folder, for a reload; never sent
+ADAPTER_PATH_KEY = "atelier_adapter_path"  # an engine body's key: the adapter's folder, for a reload; never sent
 T = TypeVar("T")
 
 
@@ -137,7 +137,7 @@ def _post(path: str, body: dict) -> dict:
 def adapter_fields(*, engine_id: str, path: str) -> dict:
     """What a request body carries to be answered by an adapter: the engine's id for it as the model, and
     the folder it is loaded from when the engine does not have it (restarted, or evicted it)."""
-    return {"model": engine_id, ADAPTER_PATH: path}
+    return {"model": engine_id, ADAPTER_PATH_KEY: path}
 
 
 def inference_adapter_load(*, adapter_id: str, path: str) -> dict:
@@ -146,9 +146,9 @@ def inference_adapter_load(*, adapter_id: str, path: str) -> dict:
 
 
 def _wire(body: dict) -> tuple[dict, str | None]:
-    """The body as sent (without ADAPTER_PATH), and the adapter folder to reload from, if it names one."""
+    """The body as sent (without ADAPTER_PATH_KEY), and the adapter folder to reload from, if it names one."""
     body = dict(body)
-    return body, body.pop(ADAPTER_PATH, None)
+    return body, body.pop(ADAPTER_PATH_KEY, None)
 
 
 def _adapter_missing(error: InferenceError, adapter_path: str | None) -> bool:
@@ -163,7 +163,7 @@ def _adapter_reload(body: dict, adapter_path: str) -> None:
 
 
 def _with_adapter(send: Callable[[dict], T], body: dict) -> T:
-    """`send(body)` without ADAPTER_PATH; when the engine does not know the adapter the body names, load it
+    """`send(body)` without ADAPTER_PATH_KEY; when the engine does not know the adapter the body names, load it
     and send once more."""
     wire, adapter_path = _wire(body)
     try:

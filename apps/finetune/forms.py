@@ -7,6 +7,7 @@ from apps.assistants.models import Assistant
 from apps.assistants.selectors import chat_model_choices, chat_model_default
 from apps.finetune.models import Adapter, DatasetKind, DatasetVersion, Method
 from apps.finetune.selectors import adapter_list_owned
+from apps.finetune.services import METHOD_FOR_KIND, training_settings_default
 from apps.finetune.training_settings import ALL_MODULES
 from apps.labeling.models import TaskSet
 from apps.labeling.selectors import SPLITS
@@ -114,8 +115,6 @@ class TrainForm(forms.Form):
     seed = forms.IntegerField(min_value=0, required=False, label="Seed")
 
     def __init__(self, *args, owner, version: DatasetVersion, **kwargs):
-        from apps.finetune.services import METHOD_FOR_KIND, training_settings_default
-
         super().__init__(*args, **kwargs)
         self.version = version
         self.method = METHOD_FOR_KIND[DatasetKind(version.dataset.kind)]
@@ -131,9 +130,5 @@ class TrainForm(forms.Form):
             self.fields[name].widget.attrs["placeholder"] = str(value)
 
     def settings(self) -> dict:
-        """The chosen settings for finetune_job_create (blank ones left out)."""
-        return {
-            name: value
-            for name, value in self.cleaned_data.items()
-            if name != "start_adapter" and value not in (None, "", [])
-        }
+        """The chosen settings for finetune_job_create, which keeps the default for a blank one."""
+        return {name: value for name, value in self.cleaned_data.items() if name != "start_adapter"}

@@ -179,11 +179,7 @@ def _run_or_fail(job: FineTuneJob) -> str:
         log.exception("fine-tune job %s failed", job.pk)
         _end(job, status=JobStatus.FAILED, message=INTERNAL_ERROR)
         raise
-    return _status_of(job)
-
-
-def _status_of(job: FineTuneJob) -> str:
-    return FineTuneJob.objects.filter(pk=job.pk).values_list("status", flat=True).first() or "deleted"
+    return job.status  # _set keeps the object in step with its row, and raises once the job is not ours
 
 
 def _train_and_publish(job: FineTuneJob, progress: _Progress) -> None:

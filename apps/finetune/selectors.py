@@ -29,7 +29,6 @@ from apps.finetune.models import (
     Evaluation,
     FineTuneJob,
     JobStatus,
-    Method,
     MetricPoint,
 )
 from apps.registry.models import BaseModel
@@ -264,8 +263,6 @@ def job_state(*, job: FineTuneJob) -> dict:
     validation = (latest["validation"] or {}).get("values", {})
     running = job.status == JobStatus.RUNNING
     return {
-        "id": job.pk,
-        "method": job.method,
         "status": job.status,
         "status_label": job.get_status_display(),
         "message": job.message,
@@ -300,7 +297,6 @@ def job_progress(*, job: FineTuneJob, after: int = 0, log_after: int = 0) -> dic
         "after": points[-1]["id"] if points else after,
         "log": log,
         "log_after": log[-1]["id"] if log else log_after,
-        "dpo": job.method == Method.DPO,
     }
 
 

@@ -59,7 +59,7 @@ from dataclasses import dataclass
 
 from django.contrib.postgres.search import SearchQuery, SearchRank
 from django.db import connection, transaction
-from django.db.models import F, QuerySet, Sum
+from django.db.models import F, Q, QuerySet, Sum
 from pgvector.django import CosineDistance
 
 from apps.core.inference_client import inference_embed
@@ -108,22 +108,26 @@ def retrieval_query(*, messages: list[dict]) -> str:
     return last[-QUERY_MAX_CHARS:]
 
 
+def _readable(prefix: str, *, collection_ids: list[int], owner_id: int) -> Q:
+    """The permission filter on document versions, from a model `prefix` away: the current, ready versions of
+    the documents in these collections of `owner_id`. The one statement of it, for chunks and their count."""
+    return Q(
+        **{
+            f"{prefix}current_of__collection_id__in": collection_ids,
+            f"{prefix}current_of__collection__owner_id": owner_id,
+            f"{prefix}status": DocumentVersion.Status.READY,
+        }
+    )
+
+
 def readable_chunks(*, collection_ids: list[int], owner_id: int) -> QuerySet[Chunk]:
     """The chunks an assistant of `owner_id` with these collections may read (the permission filter)."""
-    return Chunk.objects.filter(
-        version__current_of__collection_id__in=collection_ids,
-        version__current_of__collection__owner_id=owner_id,
-        version__status=DocumentVersion.Status.READY,
-    )
+    return Chunk.objects.filter(_readable("version__", collection_ids=collection_ids, owner_id=owner_id))
 
 
 def readable_rows(*, collection_ids: list[int], owner_id: int) -> int:
     """How many chunks `readable_chunks` holds, counted from their versions (no chunk is read)."""
-    versions = DocumentVersion.objects.filter(
-        current_of__collection_id__in=collection_ids,
-        current_of__collection__owner_id=owner_id,
-        status=DocumentVersion.Status.READY,
-    )
+    versions = DocumentVersion.objects.filter(_readable("", collection_ids=collection_ids, owner_id=owner_id))
     return versions.aggregate(rows=Sum("chunks_total"))["rows"] or 0
 
 
@@ -236,11 +240,16 @@ def informative_words(words: list[str]) -> list[str]:
 
 
 def hnsw_ef_search(*, readable_rows: int) -> int | None:
-    """The ef_search that should leave CANDIDATES × EF_HEADROOM readable rows after the permission filter, or
-    None when even pgvector's largest would not (an exact scan then; the module docstring on the index)."""
+    """The ef_search for a search of `readable_rows` chunks in the chunk table as it is now (`ef_search_for`)."""
     with connection.cursor() as cursor:
         cursor.execute("SELECT reltuples FROM pg_class WHERE oid = %s::regclass", [Chunk._meta.db_table])
         table_rows = cursor.fetchone()[0]  # -1 before the first ANALYZE: the share then counts as whole
+    return ef_search_for(readable_rows=readable_rows, table_rows=table_rows)
+
+
+def ef_search_for(*, readable_rows: int, table_rows: float) -> int | None:
+    """The ef_search that should leave CANDIDATES × EF_HEADROOM readable rows after the permission filter, or
+    None when even pgvector's largest would not (an exact scan then; the module docstring on the index)."""
     share = readable_rows / max(table_rows, readable_rows, 1)
     ef_search = max(HNSW_EF_SEARCH_MIN, math.ceil(CANDIDATES * EF_HEADROOM / max(share, 1e-9)))
     return ef_search if ef_search <= HNSW_EF_SEARCH_MAX else None

@@ -98,7 +98,7 @@ def document_upload(*, collection: Collection, filename: str, data: bytes) -> Do
         )
         version.original.save(filename, ContentFile(data), save=False)
         version.save()
-        _enqueue(version)
+        transaction.on_commit(versions_dispatch)  # sent when its owner's share of the workers allows
     return version
 
 
@@ -119,7 +119,7 @@ def document_reingest(*, document: Document) -> DocumentVersion:
             size=latest.size,
             format=latest.format,
         )
-        _enqueue(version)
+        transaction.on_commit(versions_dispatch)  # sent when its owner's share of the workers allows
     return version
 
 
@@ -148,7 +148,7 @@ def document_retry(*, version: DocumentVersion) -> DocumentVersion:
         version.dispatched_at, version.dispatches = None, 0
         fields = ["status", "cancel_requested", "failure", "error", "dispatched_at", "dispatches", "updated_at"]
         version.save(update_fields=fields)
-        _enqueue(version)
+        transaction.on_commit(versions_dispatch)  # sent when its owner's share of the workers allows
     return version
 
 
@@ -163,11 +163,6 @@ def document_delete(*, document: Document) -> None:
 def _next_number(document: Document) -> int:
     last = document.versions.order_by("-number").values_list("number", flat=True).first()
     return (last or 0) + 1
-
-
-def _enqueue(version: DocumentVersion) -> None:
-    """`version` is queued and waiting: the dispatcher sends it when its owner's share allows."""
-    transaction.on_commit(versions_dispatch)
 
 
 def _originals_delete(names) -> None:

@@ -8,6 +8,7 @@ job-success hook (apps/loop/drafts.py) fills `draft` in.
 """
 
 from collections import Counter
+from collections.abc import Iterable
 
 from django.conf import settings
 from django.db import models
@@ -49,5 +50,10 @@ class LoopRun(models.Model):
     @property
     def pair_counts(self) -> dict[str, int]:
         """Pairs per source, from the provenance: {'labeling': n, 'arena': m}."""
-        counts = Counter(entry["source"] for entry in self.provenance)
-        return {source: counts[source] for source in SOURCES}
+        return source_counts(entry["source"] for entry in self.provenance)
+
+
+def source_counts(sources: Iterable[str]) -> dict[str, int]:
+    """How many of `sources` are each of SOURCES, every source named (0 when absent)."""
+    counts = Counter(sources)
+    return {source: counts[source] for source in SOURCES}

@@ -45,7 +45,7 @@ from apps.finetune.scan import Finding, dataset_scan
 from apps.finetune.training_settings import DPO_DEFAULTS, TrainingSettings
 from apps.labeling.models import Candidate, Task, TaskSet
 from apps.labeling.selectors import counted_rankings, pair_teaches, task_consensus
-from apps.loop.models import ARENA, LABELING, SOURCES, LoopRun
+from apps.loop.models import ARENA, LABELING, SOURCES, LoopRun, source_counts
 
 MIN_PAIRS = 8  # fewer cannot move a model in a way worth a job
 TARGET_STEPS = 40
@@ -106,7 +106,7 @@ class LoopGathering:
 
     @property
     def by_source(self) -> dict[str, int]:
-        return {source: sum(1 for p in self.pairs if p.source == source) for source in SOURCES}
+        return source_counts(p.source for p in self.pairs)
 
     @property
     def high_findings(self) -> int:

@@ -12,10 +12,13 @@ def test_shared_buffers_come_from_the_environment_or_the_memory(monkeypatch):
     monkeypatch.setenv("ATELIER_POSTGRES_SHARED_BUFFERS", "2GB")
     assert embedded.postgres_shared_buffers() == "2GB"
     monkeypatch.delenv("ATELIER_POSTGRES_SHARED_BUFFERS")
-    memory_mb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20
-    assert embedded.postgres_shared_buffers() == f"{max(128, min(1024, memory_mb // 4))}MB"
-    with pytest.raises(embedded.EmbeddedServiceError, match="must look like 512MB"):
-        embedded._sql_literal("1GB'; DROP TABLE x; --")
+    for memory, wanted in ((256 * 2**20, "128MB"), (2 * 2**30, "512MB"), (16 * 2**30, "1024MB")):
+        pages = {"SC_PAGE_SIZE": 4096, "SC_PHYS_PAGES": memory // 4096}
+        monkeypatch.setattr(embedded.os, "sysconf", pages.__getitem__)
+        assert embedded.postgres_shared_buffers() == wanted
+    for refused in ("1GB'; DROP TABLE x; --", "512"):  # a bare number would be 8kB pages, not bytes
+        with pytest.raises(embedded.EmbeddedServiceError, match="must look like 512MB"):
+            embedded._sql_literal(refused)
 
 
 @pytest.mark.django_db

@@ -283,3 +283,13 @@ def test_the_planner_settings_of_a_search_do_not_leak_into_the_callers_transacti
         assert [(r.vector_rank, r.text_rank) for r in found] == [(1, 1)]
         cursor.execute("SELECT " + ", ".join(["current_setting(%s)"] * len(settings)), settings)
         assert cursor.fetchone() == ("on", "on", "50")
+
+
+def test_ef_search_widens_with_the_share_of_the_table_other_people_hold():
+    from apps.knowledge.retrieval import ef_search_for
+
+    assert ef_search_for(readable_rows=100_000, table_rows=100_000) == 100  # all readable: the recall floor
+    assert ef_search_for(readable_rows=10_000, table_rows=100_000) == 400  # a tenth: 40 expected readable rows
+    assert ef_search_for(readable_rows=5_000, table_rows=100_000) == 800
+    assert ef_search_for(readable_rows=1_000, table_rows=100_000) is None  # beyond pgvector's 1000: exact
+    assert ef_search_for(readable_rows=50, table_rows=-1) == 100  # never analyzed: counted as all readable
